@@ -123,6 +123,10 @@ class JudgeConfig:
     reuse_prefix_cache: bool = True
     # pairs scored per forward batch (each pairwise pair is two rows: both A/B orders)
     eval_batch_size: int = 8
+    # rubric_judge / lora_judge inside `rlhf.train`: run the judge on the actor's own base model (rubric: the base with
+    # adapters off or the full-FT reference copy; lora: a second adapter next to the actor's) instead of a second copy.
+    # null: whenever possible; true: required (start-up error if not possible); false: always a separate copy
+    share_base: Optional[bool] = None
     # demonstration pool: JSONL with prompt/chosen/rejected (null: the synthetic_prefs train split)
     demo_path: Optional[str] = None
     rationale_max_new_tokens: int = 48
@@ -142,6 +146,8 @@ class AlgoConfig:
     prompts_per_step: int = 8
     samples_per_prompt: int = 4
     minibatch_size: int = 16  # samples per optimizer step
+    # samples per forward/backward chunk, gradients accumulated over a minibatch (0: minibatch_size); must divide it
+    micro_batch_size: int = 0
     epochs: int = 1  # passes over one rollout batch
     # Clipping
     clip_eps: float = 0.2
@@ -317,6 +323,11 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(
             f"algo.minibatch_size: {a.minibatch_size} must divide prompts_per_step*samples_per_prompt = {samples}"
         )
+    if a.micro_batch_size < 0 or (a.micro_batch_size and a.minibatch_size % a.micro_batch_size != 0):
+        raise ConfigError(
+            f"algo.micro_batch_size: {a.micro_batch_size} must be 0 (= minibatch_size) or divide minibatch_size = "
+            f"{a.minibatch_size}"
+        )
     if a.name == "grpo" and a.samples_per_prompt < 2:
         raise ConfigError("algo.samples_per_prompt: grpo needs at least 2 samples per prompt to form a group")
     d = cfg.dataset
@@ -331,7 +342,22 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("resume: empty string; use null, auto or a checkpoint path")
     if cfg.hardware.dtype == "float16" and cfg.hardware.device == "cpu":
         raise ConfigError("hardware.dtype: float16 is not supported on cpu; use float32 or bfloat16")
+    if cfg.judge.share_base:
+        why = share_base_obstacle(cfg)
+        if why:
+            raise ConfigError(f"judge.share_base: true is not possible here: {why}")
     return cfg
+
+
+def share_base_obstacle(cfg: Config) -> Optional[str]:
+    """Why the judge cannot run on the actor's base model in this config (None: it can)."""
+    if cfg.reward.name not in ("rubric_judge", "lora_judge"):
+        return f"reward={cfg.reward.name} has no judge on the actor's base (rubric_judge and lora_judge do)"
+    if cfg.hardware.deepspeed_stage:
+        return "hardware.deepspeed_stage > 0 shards the actor's weights; the judge needs a separate copy"
+    if cfg.reward.name == "lora_judge" and not cfg.model.lora.enabled:
+        return "model.lora.enabled=false: a lora_judge adapter can only sit next to a LoRA actor"
+    return None
 
 
 def to_config(cfg: DictConfig | Config) -> Config:

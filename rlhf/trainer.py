@@ -78,7 +78,8 @@ class Trainer:
                        if self.dist.is_main else NullLogger())
         self.engine = build_engine(cfg, self.policy, self.tokenizer, self.device, model_dir)
         ctx = TrainContext(cfg=cfg, tokenizer=self.tokenizer, run_dir=self.run_dir, device=self.device,
-                           actor_model=self.policy.model, log=self.logger.log)
+                           actor_model=self.policy.model, reference_model=self.policy.ref_model,
+                           log=self.logger.log)
         self.reward = build_reward(cfg, ctx)
         self.step, self.bad_steps = 0, 0
         self.evals: Dict[str, Any] = {}

@@ -87,7 +87,9 @@ def write_model_files(ckpt_dir: Path, policy: Policy, tokenizer, model_state: Op
 
     model_state / value_head_state replace the live modules' state dicts (DeepSpeed ZeRO-3 passes gathered copies)."""
     target = ckpt_dir / ("adapter" if policy.is_lora else "model")
-    extra = {} if model_state is None else {"state_dict": model_state}
+    extra: Dict[str, Any] = {} if model_state is None else {"state_dict": model_state}
+    if policy.is_lora:
+        extra["selected_adapters"] = ["default"]  # the actor's; a judge adapter on the same base saves itself
     policy.model.save_pretrained(str(target), safe_serialization=True, **extra)
     if not policy.is_lora:
         tokenizer.save_pretrained(str(target))

@@ -19,5 +19,7 @@ class TrainContext:
     device: torch.device
     # the actor's nn.Module: a PreTrainedModel, or a peft PeftModel when model.lora.enabled
     actor_model: Optional[torch.nn.Module] = None
+    # full fine-tuning: the frozen reference copy (a rubric judge can run on it); None with LoRA
+    reference_model: Optional[torch.nn.Module] = None
     # log(metrics: dict, step: int, prefix: str) -> None: writes to the run's metrics.jsonl / wandb
     log: Optional[Callable[..., None]] = None

@@ -41,12 +41,23 @@ def training_pairs(dataset_cfg: Optional[DatasetConfig], seed: int = 0) -> List[
     return pref_rows(cfg, "train")[: cfg.num_train]
 
 
+def saved_scorer_in(kind: str, path: Optional[Path]) -> bool:
+    """Whether ``path`` holds a complete saved lora_judge / bt_rm (saves are atomic: the meta file means complete)."""
+    if path is None or kind not in ("lora_judge", "bt_rm"):
+        return False
+    return (Path(path) / ("judge_meta.json" if kind == "lora_judge" else "rm_meta.json")).is_file()
+
+
 def build_pair_scorer(reward_cfg: RewardConfig, judge_cfg: JudgeConfig, model_cfg: ModelConfig,
                       hardware: Optional[HardwareConfig] = None, checkpoint: Optional[str] = None, seed: int = 0,
                       train_dir: Optional[Path] = None, dataset_cfg: Optional[DatasetConfig] = None,
-                      log_fn: Optional[Callable[..., None]] = None) -> Any:
+                      log_fn: Optional[Callable[..., None]] = None, share_with: Optional[torch.nn.Module] = None,
+                      tokenizer: Any = None) -> Any:
     """reward.name -> scorer. ``checkpoint`` (or reward.checkpoint) loads a trained lora_judge/bt_rm; without one
-    the judge/RM is trained first on the synthetic_prefs train split and saved to ``train_dir`` when given."""
+    the judge/RM is trained first on the synthetic_prefs train split and saved to ``train_dir`` when given.
+
+    ``share_with`` (with its ``tokenizer``) puts a rubric_judge / lora_judge on an existing model instead of loading
+    a copy: the actor's peft model (rubric: adapters off; lora: a second adapter) or a plain frozen model (rubric)."""
     kind = reward_cfg.name
     if kind not in JUDGE_KINDS:
         raise ValueError(f"reward.name: {kind!r} is not a judge/RM ({', '.join(JUDGE_KINDS)})")
@@ -55,20 +66,26 @@ def build_pair_scorer(reward_cfg: RewardConfig, judge_cfg: JudgeConfig, model_cf
     ckpt = checkpoint or reward_cfg.checkpoint
     if kind == "rubric_judge":
         from rlhf.judge.rubric_judge import build_rubric_judge
+        from rlhf.model.shared import AdapterView
 
         if ckpt:
             log.warning("reward=rubric_judge is training-free; checkpoint %s is ignored", ckpt)
-        return build_rubric_judge(model_cfg, judge_cfg, device, dtype, dataset_cfg=dataset_cfg, seed=seed)
+        model = None
+        if share_with is not None:
+            model = AdapterView(share_with, None) if hasattr(share_with, "peft_config") else share_with
+        return build_rubric_judge(model_cfg, judge_cfg, device, dtype, model=model, tokenizer=tokenizer,
+                                  dataset_cfg=dataset_cfg, seed=seed)
     if kind == "lora_judge":
         from rlhf.judge.lora_judge import build_lora_judge, load_lora_judge, save_lora_judge, train_lora_judge
 
         if ckpt:
-            judge = load_lora_judge(ckpt, model_cfg, device, dtype)
+            judge = load_lora_judge(ckpt, model_cfg, device, dtype, share_with=share_with, tokenizer=tokenizer)
             if judge.mode != judge_cfg.mode:
                 raise ValueError(f"reward.checkpoint: lora_judge was trained in {judge.mode!r} mode, but "
                                  f"{judge_cfg.mode!r} is needed")
             return judge
-        judge = build_lora_judge(model_cfg, judge_cfg, device, dtype, seed, dataset_cfg)
+        judge = build_lora_judge(model_cfg, judge_cfg, device, dtype, seed, dataset_cfg, share_with=share_with,
+                                 tokenizer=tokenizer)
         train_lora_judge(judge, training_pairs(dataset_cfg, seed), judge_cfg, seed, log_fn)
         if train_dir is not None:
             save_lora_judge(judge, train_dir, model_cfg)

@@ -20,6 +20,7 @@ from rlhf.config import JudgeConfig, LoraConfig, ModelConfig
 from rlhf.judge.engine import train_logits
 from rlhf.judge.io import MetricSink, atomic_save_dir, batch_indices, drop_identical_pairs, write_json
 from rlhf.judge.rubric_judge import RubricJudge, judge_demos
+from rlhf.model.shared import model_scope
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,14 @@ def train_lora_judge(judge: RubricJudge, rows: Sequence[Dict[str, Any]], cfg: Ju
     if cfg.use_rationales and not use_rat:
         log.warning("judge.use_rationales=true but the training data has no rationale column; verdict-only")
     sink = log_fn if log_fn is not None else MetricSink()
+    with model_scope(judge.model, trainable=True):  # a judge on the actor's base trains its own adapter only
+        history = _train_loop(judge, rows, cfg, seed, use_rat, dropped, sink)
+    judge.invalidate_cache()
+    return history
+
+
+def _train_loop(judge: RubricJudge, rows: Sequence[Dict[str, Any]], cfg: JudgeConfig, seed: int, use_rat: bool,
+                dropped: int, sink: Callable[[Dict[str, float], int], None]) -> List[Dict[str, float]]:
     params = [p for p in judge.model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("lora_judge: the judge model has no trainable parameters (attach a LoRA adapter first)")
@@ -128,7 +137,6 @@ def train_lora_judge(judge: RubricJudge, rows: Sequence[Dict[str, Any]], cfg: Ju
         history.append(m)
         sink(m, step)
     judge.model.eval()
-    judge.invalidate_cache()
     return history
 
 
@@ -146,8 +154,17 @@ def save_lora_judge(judge: RubricJudge, path: str | Path, model_cfg: Optional[Mo
 
 def build_lora_judge(model_cfg: ModelConfig, cfg: JudgeConfig, device: torch.device | str = "cpu",
                      dtype: str = "float32", seed: int = 0, dataset_cfg: Any = None,
-                     model: Optional[torch.nn.Module] = None, tokenizer: Any = None) -> RubricJudge:
-    """Base causal LM + fresh LoRA adapter (judge.lora), wrapped as a RubricJudge ready for train_lora_judge."""
+                     model: Optional[torch.nn.Module] = None, tokenizer: Any = None,
+                     share_with: Optional[torch.nn.Module] = None) -> RubricJudge:
+    """Base causal LM + fresh LoRA adapter (judge.lora), wrapped as a RubricJudge ready for train_lora_judge.
+
+    ``share_with``: the actor's peft model; the judge becomes a second adapter on it instead of a copy of the base."""
+    if share_with is not None:
+        from rlhf.model.shared import add_judge_adapter
+
+        layers = top_layers(int(share_with.base_model.model.config.num_hidden_layers), cfg.lora_layers)
+        view = add_judge_adapter(share_with, peft_lora_config(cfg.lora, "CAUSAL_LM", layers), seed)
+        return RubricJudge(view, tokenizer, cfg, judge_demos(cfg, dataset_cfg), device)
     if model is None:
         from rlhf.model.load import load_causal_lm
 
@@ -160,8 +177,11 @@ def build_lora_judge(model_cfg: ModelConfig, cfg: JudgeConfig, device: torch.dev
 
 
 def load_lora_judge(path: str | Path, model_cfg: Optional[ModelConfig] = None, device: torch.device | str = "cpu",
-                    dtype: str = "float32", cfg: Optional[JudgeConfig] = None) -> RubricJudge:
-    """Base model + saved adapter; the rubric/mode/demos recorded at training time unless ``cfg`` overrides them."""
+                    dtype: str = "float32", cfg: Optional[JudgeConfig] = None,
+                    share_with: Optional[torch.nn.Module] = None, tokenizer: Any = None) -> RubricJudge:
+    """Base model + saved adapter; the rubric/mode/demos recorded at training time unless ``cfg`` overrides them.
+
+    ``share_with``: the actor's peft model; the saved adapter is loaded next to the actor's instead of on a copy."""
     from peft import PeftModel
 
     from rlhf.judge.io import read_checkpoint_meta
@@ -172,9 +192,14 @@ def load_lora_judge(path: str | Path, model_cfg: Optional[ModelConfig] = None, d
     saved = dict(meta["judge"])
     saved["lora"] = LoraConfig(**saved["lora"])
     jcfg = cfg if cfg is not None else JudgeConfig(**saved)
-    base, tok = load_causal_lm(model_cfg, dtype=dtype)
-    model = PeftModel.from_pretrained(base, str(path), is_trainable=False)
-    model.to(device)
+    if share_with is not None:
+        from rlhf.model.shared import load_judge_adapter
+
+        model, tok = load_judge_adapter(share_with, path), tokenizer
+    else:
+        base, tok = load_causal_lm(model_cfg, dtype=dtype)
+        model = PeftModel.from_pretrained(base, str(path), is_trainable=False)
+        model.to(device)
     demos = meta.get("demos") if cfg is None else judge_demos(jcfg)
     return RubricJudge(model, tok, jcfg, demos or [], device)
 

@@ -16,6 +16,7 @@ from rlhf.config import JudgeConfig, ModelConfig
 from rlhf.judge.engine import PrefixCache, batched_verdict_logits
 from rlhf.judge.prompts import JudgePrompter, load_demo_pool, select_demos
 from rlhf.judge.verdict import expected_score, position_bias, symmetric_pairwise, verdict_probs
+from rlhf.model.shared import model_scope
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +54,10 @@ class RubricJudge:
         """(N, K) logits of the verdict tokens after prefix + suffix_i."""
         use_cache = self.cfg.reuse_prefix_cache if use_cache is None else use_cache
         self.model.eval()
-        cache = self.prefix_cache() if use_cache else None
-        return batched_verdict_logits(self.model, self.prompter.prefix_ids, suffixes, self.prompter.verdict_ids,
-                                      self.pad_id, self.device, self.cfg.eval_batch_size, cache)
+        with model_scope(self.model):  # on a shared base: the judge's adapter (or none) for the whole batch
+            cache = self.prefix_cache() if use_cache else None
+            return batched_verdict_logits(self.model, self.prompter.prefix_ids, suffixes, self.prompter.verdict_ids,
+                                          self.pad_id, self.device, self.cfg.eval_batch_size, cache)
 
     # --------------------------------------------------------------------------------------------------- pairwise
     def pair_order_probs(self, prompts: Sequence[str], first: Sequence[str], second: Sequence[str],

@@ -27,6 +27,7 @@ class MetricsLogger:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._wandb = None
         self._tb = None
+        self._axes: set = set()  # wandb keys whose x-axis is defined
         if cfg.wandb != "disabled":
             try:
                 import wandb
@@ -42,21 +43,32 @@ class MetricsLogger:
             self._tb = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
 
     def truncate_after(self, step: int) -> None:
-        """On resume: drop rows written after the checkpoint, so the file matches an uninterrupted run."""
+        """On resume: drop RL rows written after the checkpoint, so the file matches an uninterrupted run.
+
+        Rows of another phase (e.g. judge training, ``"phase": "judge"``) count their own steps and are kept."""
         if not self.path.exists():
             return
-        keep = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= step]
+        rows = [(line, json.loads(line)) for line in self.path.read_text().splitlines() if line.strip()]
+        keep = [line for line, row in rows if "phase" in row or row.get("step", 0) <= step]
         atomic_write_text(self.path, "".join(line + "\n" for line in keep))
 
     def log(self, metrics: Dict[str, Any], step: int, prefix: str = "") -> None:
-        row = {"step": step, **{(f"{prefix}/{k}" if prefix else k): _clean(v) for k, v in metrics.items()}}
+        """One row; ``prefix`` names a phase with its own step counter (keys become ``<prefix>/<key>``)."""
+        row: Dict[str, Any] = {"step": step, **({"phase": prefix} if prefix else {}),
+                               **{(f"{prefix}/{k}" if prefix else k): _clean(v) for k, v in metrics.items()}}
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
             f.flush()
         numeric = {k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "step"}
         if self._wandb is not None:
-            self._wandb.log(numeric, step=step)
+            # wandb's own step may only grow, but a phase (judge training) restarts at 0: every key gets its phase's
+            # step as its x-axis (train/step or <prefix>/step) and wandb keeps counting calls.
+            axis = f"{prefix or 'train'}/step"
+            for key in [axis] + [k for k in numeric if k not in self._axes]:
+                if key not in self._axes:
+                    self._wandb.define_metric(key, **({} if key == axis else {"step_metric": axis}))
+                    self._axes.add(key)
+            self._wandb.log({**numeric, axis: step})
         if self._tb is not None:
             for k, v in numeric.items():
                 self._tb.add_scalar(k, v, step)

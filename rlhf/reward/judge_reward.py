@@ -6,7 +6,9 @@ Signals (reward.judge_signal) for rubric_judge / lora_judge:
 bt_rm: the RM's scalar score. Every signal then goes through reward = reward.scale * signal + reward.shift.
 Without reward.checkpoint, a lora_judge / bt_rm is trained first (synthetic_prefs train split) in the same run,
 saved to <run_dir>/judge, its metrics sent to context.log(..., prefix="judge") or <run_dir>/judge_metrics.jsonl.
-The judge is a separate frozen model on context.device (it does not share weights with the actor).
+A rubric_judge / lora_judge runs on the actor's own base model when judge.share_base allows it (rubric: adapters off,
+or the full-FT reference copy; lora: a second adapter next to the actor's), else on a separate frozen copy.
+A run resumed with an in-run trained judge loads <run_dir>/judge instead of training it again.
 """
 
 from __future__ import annotations
@@ -121,7 +123,7 @@ class JudgeReward:
 def build_judge_reward(cfg: Config, context: Any) -> JudgeReward:
     """reward=bt_rm | rubric_judge | lora_judge -> JudgeReward on context.device (trains first if no checkpoint)."""
     from rlhf.config import HardwareConfig
-    from rlhf.judge.factory import build_pair_scorer, judge_cfg_for_signal
+    from rlhf.judge.factory import build_pair_scorer, judge_cfg_for_signal, saved_scorer_in
     from rlhf.judge.io import MetricSink
 
     kind = cfg.reward.name
@@ -132,14 +134,47 @@ def build_judge_reward(cfg: Config, context: Any) -> JudgeReward:
                                                                    else device or cfg.hardware.device)})
     log_fn = getattr(context, "log", None)
     sink = MetricSink(log_fn, (run_dir / "judge_metrics.jsonl") if run_dir is not None else None, prefix="judge")
-    needs_training = kind in ("lora_judge", "bt_rm") and not cfg.reward.checkpoint
-    scorer = build_pair_scorer(cfg.reward, judge_cfg, cfg.model, hw, seed=cfg.seed,
-                               train_dir=(run_dir / "judge") if (run_dir is not None and needs_training) else None,
-                               dataset_cfg=cfg.dataset, log_fn=sink)
-    if isinstance(device, torch.device) and device.type != "cpu":
+    checkpoint = cfg.reward.checkpoint
+    in_run = run_dir / "judge" if run_dir is not None else None
+    if not checkpoint and saved_scorer_in(kind, in_run):
+        log.info("judge: reusing the %s trained earlier in this run (%s)", kind, in_run)
+        checkpoint = str(in_run)
+    needs_training = kind in ("lora_judge", "bt_rm") and not checkpoint
+    share_with = shared_judge_base(cfg, context)
+    scorer = build_pair_scorer(cfg.reward, judge_cfg, cfg.model, hw, checkpoint=checkpoint, seed=cfg.seed,
+                               train_dir=in_run if needs_training else None, dataset_cfg=cfg.dataset, log_fn=sink,
+                               share_with=share_with, tokenizer=getattr(context, "tokenizer", None))
+    if isinstance(device, torch.device) and device.type != "cpu" and share_with is None:
         if hasattr(scorer, "model"):
             scorer.model.to(device)
             scorer.device = device
         else:
             scorer.to(device)
     return JudgeReward(cfg, scorer, run_dir)
+
+
+def shared_judge_base(cfg: Config, context: Any) -> Optional[torch.nn.Module]:
+    """The model a rubric_judge / lora_judge runs on instead of a copy (judge.share_base), or None for a copy."""
+    from rlhf.config import share_base_obstacle
+
+    want = cfg.judge.share_base
+    if want is False or cfg.reward.name == "bt_rm":
+        return None
+    why = share_base_obstacle(cfg)
+    model = None
+    if why is None:
+        actor = getattr(context, "actor_model", None)
+        if actor is not None and hasattr(actor, "peft_config"):
+            model = actor  # LoRA actor: rubric = adapters off, lora_judge = a second adapter
+        elif cfg.reward.name == "rubric_judge":
+            model = getattr(context, "reference_model", None)  # full fine-tuning: the frozen reference copy
+        if model is None:
+            why = ("no LoRA actor or frozen reference model was handed to the reward (e.g. a judge built outside a "
+                   "training run)")
+    if why is not None:
+        if want:
+            raise ValueError(f"judge.share_base: true is not possible here: {why}")
+        log.info("judge: a separate copy of the base model (%s)", why)
+        return None
+    log.info("judge: %s on the actor's base model (no second copy)", cfg.reward.name)
+    return model
