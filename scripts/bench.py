@@ -219,7 +219,7 @@ def main() -> int:
             report["errors"].append(f"judge: {jr['error']}")
         report["judge"] = jr
 
-    # ---- 5. memory: actor + reference + judge on one base with adapters vs three copies
+    # ---- 5. memory: actor + reference + judge as the pipeline builds them (shared base / separate judge / full FT)
     from rlhf.config import JudgeConfig
 
     jl = JudgeConfig().lora
@@ -232,7 +232,7 @@ def main() -> int:
     if m.lora.enabled:
         mem_spec["actor_lora"] = trl_spec["lora"]
     report["memory"] = {"spec": {k: v for k, v in mem_spec.items() if k != "model_dir"}, "configs": {}}
-    for conf in ("one_base", "shared_base_adapters", "three_copies"):
+    for conf in ("one_base", "rlhf_shared", "rlhf_separate", "three_copies"):
         say(f"memory: {conf}")
         mr = run_worker("memory", dict(mem_spec, config=conf), work / f"mem_{conf}")
         if mr.get("error"):

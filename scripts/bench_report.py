@@ -261,12 +261,15 @@ def render_markdown(r: Dict[str, Any], json_path: Path) -> str:
     L.append("")
     mem = r["memory"]
     sp = mem["spec"]
-    L.append(f"Each configuration is built in a fresh process ({sp['dtype']}, weights only: no optimizer state, no "
-             f"activations); RSS increase = VmRSS after building it and reading every weight once (safetensors "
-             f"weights are memory-mapped lazily until read) minus VmRSS before. Shared: one base with LoRA adapters "
-             f"`actor` (r={sp['actor_lora']['r']}, {len(sp['actor_lora']['target_modules'])} module types) and "
-             f"`judge` (r={sp['judge_lora']['r']}, {', '.join(sp['judge_lora']['target_modules'])}); the reference "
-             "is the base with adapters disabled. Three copies: actor loaded, reference and judge deep copies.")
+    L.append(f"Each configuration is built in a fresh process by the pipeline's own builders ({sp['dtype']}, "
+             "weights only: no optimizer state, no activations); RSS increase = VmRSS after building it and reading "
+             "every weight once (safetensors weights are memory-mapped lazily until read) minus VmRSS before. "
+             f"rlhf_shared is what `rlhf.train reward=lora_judge` builds by default: the LoRA actor "
+             f"(r={sp['actor_lora']['r']}, {len(sp['actor_lora']['target_modules'])} module types), the reference "
+             f"= the same base with adapters off, the judge = a second adapter (r={sp['judge_lora']['r']}, "
+             f"{', '.join(sp['judge_lora']['target_modules'])}) on the same base. rlhf_separate: "
+             "`judge.share_base=false` (the judge loads its own base). three_copies: full fine-tuning "
+             "(`model.lora.enabled=false`) with a frozen reference copy and a separate judge.")
     L.append("")
     L.append("| configuration | RSS increase MB | vs one base | parameter MB | vs one base | check |")
     L.append("|---|---|---|---|---|---|")
@@ -276,9 +279,10 @@ def render_markdown(r: Dict[str, Any], json_path: Path) -> str:
         chk = res.get("check")
         L.append(f"| {k} | {f(res.get('rss_increase_mb'), 0)} | {f(rt.get('rss'))}x | "
                  f"{f(res.get('param_bytes_mb'), 0)} | {f(rt.get('param_bytes'))}x | "
-                 f"{'all three roles give finite logits' if chk and all(x for x in chk.values() if isinstance(x, bool)) else ('' if chk is None else chk)}"
+                 f"{role_check(chk)}"
                  f"{' error' if v2.get('error') else ''} |")
-    sh = mem["ratios_vs_one_base"].get("shared_base_adapters", {}).get("rss")
+    rts = mem["ratios_vs_one_base"]
+    sh = (rts.get("rlhf_shared") or rts.get("shared_base_adapters") or {}).get("rss")  # (older JSON: synthetic)
     L.append("")
     L.append(f"Goal: shared <= {GOAL_MEMORY_RATIO}x one base: **{goal(sh, GOAL_MEMORY_RATIO, False)}** "
              f"({f(sh)}x).")
@@ -301,3 +305,15 @@ def render_markdown(r: Dict[str, Any], json_path: Path) -> str:
             L.append("```")
         L.append("")
     return "\n".join(L) + "\n"
+
+
+def role_check(chk: Any) -> str:
+    """The memory table's check column: do actor, reference and judge all answer (and where does the judge sit)."""
+    if chk is None:
+        return ""
+    finite = [v for k, v in chk.items() if k.endswith("_finite")]
+    if not finite or not all(finite):
+        return str(chk)
+    where = {True: "; judge on the actor's base", False: "; judge on its own base"}.get(chk.get("judge_on_actor_base"),
+                                                                                       "")
+    return f"all three roles give finite outputs{where}"

@@ -86,39 +86,51 @@ def worker_rollout(spec: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def worker_memory(spec: Dict[str, Any]) -> Dict[str, Any]:
-    """RSS increase after building one configuration in a fresh process (weights only: no optimizer, no activations)."""
-    import copy
+    """RSS increase after building one configuration in a fresh process (weights only: no optimizer, no activations).
+
+    The rlhf configurations are built by the pipeline's own builders, as `rlhf.train reward=lora_judge` does:
+      rlhf_shared    LoRA actor; reference = adapters off; lora_judge = a second adapter (judge.share_base default)
+      rlhf_separate  the same with judge.share_base=false: the judge loads its own base
+      three_copies   full fine-tuning: actor + frozen reference copy + a separate judge (no adapters anywhere)
+    """
     import gc
 
     import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
 
-    DT = {"float32": torch.float32, "bfloat16": torch.bfloat16}[spec["dtype"]]
+    from rlhf.config import JudgeConfig, LoraConfig, ModelConfig
+    from rlhf.judge.lora_judge import build_lora_judge
+    from rlhf.model.load import load_causal_lm
+    from rlhf.model.policy import build_policy
+
     gc.collect()
     before = _rss()
     t0 = time.perf_counter()
-    config = spec["config"]
-    models = []
+    config, dtype = spec["config"], spec["dtype"]
+    a, j = spec["actor_lora"], spec["judge_lora"]
+    actor_lora = LoraConfig(enabled=config != "three_copies", r=a["r"], alpha=a["alpha"], dropout=a["dropout"],
+                            target_modules=list(a["target_modules"]))
+    model_cfg = ModelConfig(source="embedded", lora=actor_lora)
+    judge_cfg = JudgeConfig(lora=LoraConfig(enabled=True, r=j["r"], alpha=j["alpha"], dropout=j["dropout"],
+                                            target_modules=list(j["target_modules"])), num_demos=0)
+    models, policy, judge = [], None, None
     if config == "one_base":
-        models = [AutoModelForCausalLM.from_pretrained(spec["model_dir"], dtype=DT)]
-    elif config == "shared_base_adapters":
-        base = AutoModelForCausalLM.from_pretrained(spec["model_dir"], dtype=DT)
-        a, j = spec["actor_lora"], spec["judge_lora"]
-        model = get_peft_model(base, LoraConfig(r=a["r"], lora_alpha=a["alpha"], lora_dropout=a["dropout"],
-                                                target_modules=list(a["target_modules"]), task_type="CAUSAL_LM"),
-                               adapter_name="actor")
-        model.add_adapter("judge", LoraConfig(r=j["r"], lora_alpha=j["alpha"], lora_dropout=j["dropout"],
-                                              target_modules=list(j["target_modules"]), task_type="CAUSAL_LM"))
-        models = [model]  # reference = the same base with adapters disabled: no extra weights
+        models = [load_causal_lm(model_cfg, dtype)[0]]
+    elif config in ("rlhf_shared", "rlhf_separate"):
+        base, tok = load_causal_lm(model_cfg, dtype)
+        policy = build_policy(base, model_cfg, value_head=False)
+        share = policy.model if config == "rlhf_shared" else None
+        judge = build_lora_judge(model_cfg, judge_cfg, "cpu", dtype, share_with=share, tokenizer=tok)
+        models = [policy.model] + ([] if share is not None else [judge.model])
     elif config == "three_copies":
-        actor = AutoModelForCausalLM.from_pretrained(spec["model_dir"], dtype=DT)
-        models = [actor, copy.deepcopy(actor).eval(), copy.deepcopy(actor).eval()]  # actor, reference, judge
+        base, tok = load_causal_lm(model_cfg, dtype)
+        policy = build_policy(base, model_cfg, value_head=False)  # actor + frozen reference copy
+        judge = build_lora_judge(replace_lora(model_cfg, False), judge_cfg, "cpu", dtype)
+        models = [policy.model, policy.ref_model, judge.model]
     else:
         raise ValueError(config)
     gc.collect()
     lazy = _rss()  # safetensors weights may still be lazily mapped from the file here
-    seen, nbytes, checksum = set(), 0, 0.0
+    seen, nbytes = set(), 0
     with torch.no_grad():
         for mdl in models:
             for p in list(mdl.parameters()) + list(mdl.buffers()):
@@ -126,24 +138,29 @@ def worker_memory(spec: Dict[str, Any]) -> Dict[str, Any]:
                 if key not in seen:  # read every weight once, so every configuration is fully resident
                     seen.add(key)
                     nbytes += p.numel() * p.element_size()
-                    checksum += float(p.float().abs().sum())
+                    float(p.float().abs().sum())
     gc.collect()
     after = _rss()
     check = None
-    if config == "shared_base_adapters":  # the three roles work on the one base
+    if policy is not None:  # every role answers, from the configuration as built
         x = torch.tensor([[1, 2, 3]])
         with torch.no_grad():
-            model.set_adapter("actor")
-            la = model(input_ids=x).logits
-            model.set_adapter("judge")
-            lj = model(input_ids=x).logits
-            with model.disable_adapter():
-                lr = model(input_ids=x).logits
-        check = {"actor_logits_finite": bool(torch.isfinite(la).all()), "judge_logits_finite": bool(torch.isfinite(lj).all()),
-                 "reference_logits_finite": bool(torch.isfinite(lr).all()), "adapters": sorted(model.peft_config)}
-    return {"config": config, "dtype": spec["dtype"], "load_s": time.perf_counter() - t0,
+            la = policy.model(input_ids=x).logits
+            lr = policy.ref_logprobs(torch.cat([x, x], 1), torch.ones(1, 6, dtype=torch.long), 3)
+            lj = judge.verdict_logits([[4, 5, 6]], use_cache=False)
+        check = {"actor_logits_finite": bool(torch.isfinite(la).all()),
+                 "reference_logprobs_finite": bool(torch.isfinite(lr).all()),
+                 "judge_logits_finite": bool(torch.isfinite(lj).all()),
+                 "judge_on_actor_base": type(judge.model).__name__ == "AdapterView"}
+    return {"config": config, "dtype": dtype, "load_s": time.perf_counter() - t0,
             "rss_before_mb": before, "rss_after_load_lazy_mb": lazy, "rss_after_mb": after,
             "rss_increase_mb": after["VmRSS"] - before["VmRSS"], "param_bytes_mb": nbytes / 2 ** 20, "check": check}
+
+
+def replace_lora(model_cfg: Any, enabled: bool) -> Any:
+    from dataclasses import replace
+
+    return replace(model_cfg, lora=replace(model_cfg.lora, enabled=enabled))
 
 
 def worker_judge(spec: Dict[str, Any]) -> Dict[str, Any]:
