@@ -39,7 +39,7 @@ METRIC_KEYS = {"reward_mean", "reward_std", "em_strict", "em_flexible", "kl", "p
 
 @pytest.mark.parametrize("algo,extra", [
     ("ppo", ["algo.entropy_coef=0.05", "algo.kl_in=loss", "algo.kl_estimator=k3", "save_every=2"]),
-    ("grpo", ["algo.entropy_coef=0.05", "algo.loss_agg=seq_mean"]),
+    ("grpo", ["algo.entropy_coef=0.05", "algo.loss_agg=seq_mean", "algo.micro_batch_size=1"]),
 ])
 def test_tiny_run_is_complete_and_changes_parameters(tmp_path, algo, extra):
     steps = 3
@@ -85,6 +85,7 @@ def test_lora_run_saves_adapter_only(tmp_path):
     ("algo.kl_coef=-0.5", "algo.kl_coef"),
     ("algo.lr=fast", "algo.lr"),
     ("algo.minibatch_size=5", "algo.minibatch_size"),
+    ("algo.micro_batch_size=3", "algo.micro_batch_size"),
     ("generation.max_new_tokens=-3", "generation.max_new_tokens"),
     ("algo.kl_estimator=k7", "algo.kl_estimator"),
     ("reward.mode=fuzzy", "reward.mode"),
@@ -94,6 +95,17 @@ def test_bad_config_fails_at_startup_naming_the_key(tmp_path, override, key):
     assert proc.returncode != 0
     assert key in proc.stderr, proc.stderr[-2000:]
     assert not (tmp_path / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize("micro,ok", [(0, True), (1, True), (2, True), (4, True), (3, False), (8, False), (-2, False)])
+def test_micro_batch_size_must_divide_minibatch_size(micro, ok):
+    cfg = compose_cfg("algo.prompts_per_step=2", "algo.samples_per_prompt=4", "algo.minibatch_size=4",
+                      f"algo.micro_batch_size={micro}")
+    if ok:
+        assert to_config(cfg).algo.micro_batch_size == micro
+    else:
+        with pytest.raises(ConfigError, match=rf"^algo\.micro_batch_size: {micro} must be 0 .* minibatch_size = 4"):
+            to_config(cfg)
 
 
 def test_valid_configs_compose_for_every_group_option():
@@ -118,15 +130,33 @@ def test_help_lists_groups():
 
 @pytest.mark.parametrize("reward", ["lora_judge", "bt_rm"])
 def test_judge_reward_run_trains_the_judge_then_the_actor(tmp_path, reward):
-    """`python -m rlhf.train reward=lora_judge algo=ppo` on the tiny model: judge first, then PPO, one run dir."""
-    run_train(tmp_path, f"reward={reward}", "algo=ppo", "steps=2", "algo.prompts_per_step=2",
-              "algo.samples_per_prompt=2", "algo.minibatch_size=4", "judge.train_steps=2", "judge.batch_size=2",
-              "judge.num_demos=0", "judge.max_len=384")
+    """`python -m rlhf.train reward=lora_judge algo=ppo` on the tiny model: judge first, then PPO, one run dir.
+
+    lora_judge runs with a LoRA actor, so the judge is a second adapter on the actor's base (judge.share_base)."""
+    args = [f"reward={reward}", "algo=ppo", "algo.prompts_per_step=2", "algo.samples_per_prompt=2",
+            "algo.minibatch_size=4", "judge.train_steps=2", "judge.batch_size=2", "judge.num_demos=0",
+            "judge.max_len=384", "save_every=1"]
+    if reward == "lora_judge":
+        args += ["model.lora.enabled=true", "model.lora.target_modules=[q_proj,v_proj]", "algo.lr=1e-2"]
+    run_train(tmp_path, "steps=2", *args)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     judge_rows = [r for r in rows if any(k.startswith("judge/") for k in r)]
     steps = [r for r in rows if "reward_mean" in r]
     assert judge_rows, "judge training metrics missing from metrics.jsonl"
+    assert all(r["phase"] == "judge" for r in judge_rows)
     assert len(steps) == 2 and all("em_flexible" in r for r in steps)
     assert all(0.0 <= r["em_flexible"] <= 1.0 for r in steps)
     assert any(k.startswith("reward/") for k in steps[0])
     assert (tmp_path / "judge").is_dir()
+    log_text = (tmp_path / "train.log").read_text()
+    if reward == "lora_judge":
+        assert "on the actor's base model" in log_text
+        ckpt = tmp_path / "checkpoints"
+        a1, a2 = (load_file(str(ckpt / f"step_00000{i}" / "adapter" / "adapter_model.safetensors")) for i in (1, 2))
+        assert not any("judge" in k for k in a2)  # the actor's checkpoint holds the actor's adapter only
+        assert any(not torch.equal(a1[k], a2[k]) for k in a1)  # and the actor trained next to the frozen judge
+    # resume with more steps: the judge trained in this run is loaded, not trained again
+    run_train(tmp_path, "steps=3", "resume=auto", *args)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r.get("phase") == "judge"] == [r["step"] for r in judge_rows]
+    assert [r["step"] for r in rows if "reward_mean" in r] == [1, 2, 3]

@@ -32,3 +32,24 @@ def test_vllm_rollouts_follow_the_updated_policy(tmp_path):
     for r in steps:
         assert r["engine_logprob_diff_max"] < 1e-2, r
     assert (tmp_path / "eval.json").is_file()
+
+
+def test_vllm_sync_with_a_judge_adapter_on_the_actor_base(tmp_path):
+    """reward=lora_judge with a LoRA actor: the judge is a second adapter on the actor's base. The sync must push the
+    actor's adapter only (a large, trained judge adapter merged in would show as a log-prob gap to the trainer)."""
+    overrides = [o for o in TINY if not o.startswith("model=")] + [
+        "model=tiny_random", "model.tiny.hidden_size=128", "model.tiny.num_attention_heads=2",
+        "model.tiny.num_key_value_heads=1", "model.lora.enabled=true", "hardware=cpu_vllm", "algo=grpo", "steps=2",
+        "algo.prompts_per_step=2", "algo.samples_per_prompt=2", "algo.minibatch_size=4", "algo.lr=5e-3",
+        "eval_before=false", "reward=lora_judge", "judge.train_steps=3", "judge.batch_size=2", "judge.lr=5e-2",
+        "judge.num_demos=0", "judge.max_len=384",
+    ]
+    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    proc = subprocess.run([sys.executable, "-m", "rlhf.train", f"hydra.run.dir={tmp_path}", *overrides], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "on the actor's base model" in (tmp_path / "train.log").read_text()
+    steps = [r for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines()) if "reward_mean" in r]
+    assert len(steps) == 2
+    for r in steps:
+        assert r["engine_logprob_diff_max"] < 1e-2, r
