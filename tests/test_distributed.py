@@ -44,6 +44,9 @@ ZERO = {
     # partition every tensor (DeepSpeed keeps tensors under 1e5 elements whole by default: most of the tiny model)
     "zero3": ["hardware=zero3", "+hardware.deepspeed_config.zero_optimization.stage3_param_persistence_threshold=0"],
 }
+# gradient accumulation: 2 micro-batches of 2 samples per rank and optimizer step, still the single process's update
+ZERO["zero2_micro"] = ZERO["zero2"] + ["algo.micro_batch_size=4"]
+ZERO["zero3_micro"] = ZERO["zero3"] + ["algo.micro_batch_size=4"]
 COMPARED = ["reward_mean", "kl", "kl_per_token", "policy_loss", "value_loss", "entropy", "loss", "grad_norm",
             "response_length", "value_mean", "em_flexible", "lr"]
 METRIC_TOL, WEIGHT_TOL = 1e-4, 5e-5
@@ -87,7 +90,7 @@ def zero_run(zero_runs, tmp_path_factory, name: str) -> Path:
     return zero_runs[name]
 
 
-@pytest.mark.parametrize("name", ["zero2", "zero3"])
+@pytest.mark.parametrize("name", ["zero2", "zero3", "zero2_micro", "zero3_micro"])
 def test_two_ranks_match_single_process(single, zero_runs, tmp_path_factory, name):
     run = zero_run(zero_runs, tmp_path_factory, name)
     ref, got = train_rows(single), train_rows(run)
@@ -99,7 +102,7 @@ def test_two_ranks_match_single_process(single, zero_runs, tmp_path_factory, nam
     assert got[-1]["kl"] > 0.01 and got[-1]["grad_norm"] > 1e-3, "the comparison must cover a real update"
     # identical weights on both ranks, and close to the single-process weights
     ranks = json.loads((run / "checkpoints" / "step_000002" / "ranks.json").read_text())
-    assert ranks["world_size"] == 2 and ranks["zero_stage"] == int(name[-1])
+    assert ranks["world_size"] == 2 and ranks["zero_stage"] == int(name[len("zero")])
     assert len(ranks["weights_sha256"]) == 2 and len(set(ranks["weights_sha256"])) == 1 and ranks["consistent"]
     wa, wb = weights(single / "checkpoints" / "step_000002"), weights(run / "checkpoints" / "step_000002")
     assert wa.keys() == wb.keys()
@@ -197,6 +200,7 @@ def _cfg(*overrides: str):
     (["algo=grpo"], 2, "hardware.deepspeed_stage"),
     (["hardware=zero2", "hardware.rollout=vllm"], 1, "hardware.rollout"),
     (["hardware.deepspeed_offload=true"], 1, "hardware.deepspeed_offload"),
+    (["algo=grpo", "hardware=zero2", "algo.micro_batch_size=1"], 2, "algo.micro_batch_size"),
 ])
 def test_world_size_checks_name_the_key(overrides, world, key):
     from rlhf.config import ConfigError
@@ -235,8 +239,9 @@ def test_rank_helpers_shard_the_global_batch():
     shards = [DistContext(rank=r, world_size=3).shard_range(8) for r in range(3)]
     assert shards == [(0, 3), (3, 6), (6, 8)]
     assert [DistContext(rank=r, world_size=3).shard(list(range(8))) for r in range(3)] == [[0, 1, 2], [3, 4, 5], [6, 7]]
-    local = DistContext(rank=1, world_size=2).local_algo(AlgoConfig(prompts_per_step=8, minibatch_size=16))
-    assert (local.prompts_per_step, local.minibatch_size) == (4, 8)
+    local = DistContext(rank=1, world_size=2).local_algo(AlgoConfig(prompts_per_step=8, minibatch_size=16,
+                                                                     micro_batch_size=4))
+    assert (local.prompts_per_step, local.minibatch_size, local.micro_batch_size) == (4, 8, 2)
     single = DistContext()
     assert single.all_true(False) is False and single.reduce_metrics({"a": 1.0}) == {"a": 1.0}
 
@@ -258,3 +263,18 @@ def test_concat_rollouts_repads_prompts_and_responses():
     assert out.attention_mask[0].tolist() == [0, 0, 1, 1, 1, 1, 1, 0, 0]
     assert out.response_mask[0].tolist() == [1, 1, 0, 0] and out.response_mask[2].tolist() == [1, 1, 1, 1]
     assert out.prompts == ["p7", "p9"] and out.meta == [{"i": 7}, {"i": 9}] and out.finished.tolist() == [1, 0, 1, 0]
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_accumulates_micro_batches_exactly(stage):
+    """algo.micro_batch_size under ZeRO (one process): the gradient DeepSpeed steps with is the full minibatch's, and a
+    non-finite micro-batch loss after an accumulated one skips the minibatch without leaking into the next step."""
+    proc = subprocess.run([PY, str(ROOT / "tests" / "ds_accumulation.py"), str(stage)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=400, env=child_env())
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    for agg in ("token_mean", "seq_mean"):
+        r = res[agg]
+        assert r["steps"] == [1, 1] and r["skipped"] == 0 and r["grad_max"] > 1e-3, r
+        assert r["grad_diff"] < 1e-5 and r["stat_diff"] < 1e-5, (agg, r)
+    assert res["nan"] == {"steps": [2, 1], "skipped": 1.0, "optimizer_steps": 1.0, "grad_diff": 0.0}, res["nan"]

@@ -106,3 +106,106 @@ def test_generation_with_merged_lora_leaves_base_bitwise_unchanged():
             merged = policy.model(input_ids=ids, attention_mask=att).logits
     assert any(not torch.equal(merged_weights[n], before[n]) for n in before if n.endswith("base_layer.weight"))
     assert torch.allclose(merged, unmerged, atol=1e-4)
+
+
+# ------------------------------------------------------------------------------------- gradient accumulation
+def accumulation_setup(algo: str, loss_agg: str):
+    """A rollout of 8 samples with response lengths 0..8 tokens (masks cut short; one empty response, which seq_mean
+    leaves out), every loss term switched on."""
+    policy, tok = tiny_policy(value_head=algo == "ppo")
+    rollout = rollout_for(policy, tok, n=4)
+    cfg = AlgoConfig(name=algo, lr=1e-3, critic_lr=1e-3, prompts_per_step=2, samples_per_prompt=4, minibatch_size=8,
+                     epochs=1, kl_coef=0.1, kl_in="loss", kl_estimator="k3", entropy_coef=0.05, vf_coef=0.5,
+                     max_grad_norm=0.0, whiten_advantages=algo == "ppo", loss_agg=loss_agg)
+    exp, _ = make_experience(policy, rollout, torch.tensor([1.0, 0.0, 0.5, 0.2, 0.0, 1.0, 0.3, 0.9]), cfg, 0.1, 1.0,
+                             torch.device("cpu"))
+    R = exp.mask.shape[1]
+    lengths = torch.tensor([1, 8, 3, 0, 2, 7, 4, 6]).clamp(max=R)
+    cut = (torch.arange(R)[None, :] < lengths[:, None]).float()
+    exp = dataclasses.replace(exp, mask=exp.mask * cut, advantages=exp.advantages * cut)
+    assert len(set(exp.mask.sum(-1).tolist())) > 4, "responses must have unequal lengths"
+    return policy, exp, cfg
+
+
+def grads_per_step(policy, exp, cfg, kl_coef=0.1):
+    """update() with a step that records the gradients instead of applying them (weights stay put)."""
+    params = trainable_params(policy)
+    opt = torch.optim.SGD(params, lr=0.0)
+    seen = []
+    step = lambda: seen.append([p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p)  # noqa: E731
+                                for p in params])
+    stats = update(policy, exp, cfg, opt, None, kl_coef, 1.0, params, generator=torch.Generator().manual_seed(7),
+                   step_fn=step)
+    return seen, stats
+
+
+@pytest.mark.parametrize("algo,loss_agg", [("ppo", "token_mean"), ("ppo", "seq_mean"), ("grpo", "token_mean"),
+                                           ("grpo", "seq_mean")])
+def test_accumulated_micro_batches_give_the_minibatch_gradient(algo, loss_agg):
+    policy, exp, cfg = accumulation_setup(algo, loss_agg)
+    ref, ref_stats = grads_per_step(policy, exp, cfg)
+    for micro in (1, 2, 4):  # equal chunks, but unequal token counts per chunk
+        got, stats = grads_per_step(policy, exp, dataclasses.replace(cfg, micro_batch_size=micro))
+        assert len(got) == len(ref) == 1 and stats["optimizer_steps"] == 1
+        diff = max((a - b).abs().max().item() for a, b in zip(ref[0], got[0]))
+        assert diff < 1e-5, (micro, diff)
+        assert max(g.abs().max().item() for g in got[0]) > 1e-3, "the gradient must not be trivially zero"
+        assert stats.keys() == ref_stats.keys()
+        for k, v in ref_stats.items():
+            assert stats[k] == pytest.approx(v, abs=1e-5), (micro, k)
+    assert {"policy_loss", "kl_loss", "entropy", "clip_frac", "approx_kl", "loss"} <= ref_stats.keys()
+    assert algo == "grpo" or "value_loss" in ref_stats
+
+
+def test_micro_batches_accumulate_over_several_minibatches():
+    policy, exp, cfg = accumulation_setup("ppo", "token_mean")
+    cfg = dataclasses.replace(cfg, minibatch_size=4, epochs=2)
+    ref, ref_stats = grads_per_step(policy, exp, cfg)
+    got, stats = grads_per_step(policy, exp, dataclasses.replace(cfg, micro_batch_size=2))
+    assert len(ref) == len(got) == 4
+    assert max((a - b).abs().max().item() for r, g in zip(ref, got) for a, b in zip(r, g)) < 1e-5
+    assert all(stats[k] == pytest.approx(v, abs=1e-5) for k, v in ref_stats.items())
+
+
+def test_non_finite_micro_batch_skips_its_whole_minibatch():
+    """A NaN in the second micro-batch drops the first one's accumulated gradient: the minibatch is skipped and the
+    next minibatch's gradient is exactly what it would be without the NaN sample."""
+    policy, exp, cfg = accumulation_setup("grpo", "token_mean")
+    cfg = dataclasses.replace(cfg, minibatch_size=4, micro_batch_size=2)
+    perm = torch.randperm(8, generator=torch.Generator().manual_seed(7))  # the order update() draws
+    bad = int(perm[3])  # first minibatch, second micro-batch
+    clean, _ = grads_per_step(policy, exp, cfg)
+    adv = exp.advantages.clone()
+    adv[bad] = float("nan")
+    got, stats = grads_per_step(policy, dataclasses.replace(exp, advantages=adv), cfg)
+    assert stats["skipped_updates"] == 1 and stats["optimizer_steps"] == 1 and len(got) == 1
+    assert all(torch.equal(a, b) for a, b in zip(clean[1], got[0]))
+    # with a real optimizer: the skipped minibatch changes nothing
+    before = {k: v.clone() for k, v in policy.model.state_dict().items()}
+    opt, sched = build_optimizer(policy, cfg)
+    exp_all_bad = dataclasses.replace(exp, advantages=adv)
+    stats = update(policy, exp_all_bad, dataclasses.replace(cfg, minibatch_size=8, micro_batch_size=2), opt, sched,
+                   0.1, 1.0, trainable_params(policy), generator=torch.Generator().manual_seed(7))
+    assert stats["skipped_updates"] == 1 and stats["optimizer_steps"] == 0
+    assert all(torch.equal(v, policy.model.state_dict()[k]) for k, v in before.items())
+    assert all(p.grad is None for p in trainable_params(policy))
+
+
+def test_experience_forwards_in_micro_batches(monkeypatch):
+    policy, tok = tiny_policy(value_head=True)
+    rollout = rollout_for(policy, tok, n=4)
+    cfg = AlgoConfig(name="ppo", prompts_per_step=2, samples_per_prompt=4, minibatch_size=8, kl_coef=0.1)
+    scores = torch.tensor([1.0, 0.0, 0.5, 0.2, 0.0, 1.0, 0.3, 0.9])
+    ref, _ = make_experience(policy, rollout, scores, cfg, 0.1, 1.0, torch.device("cpu"))
+    sizes, forward = [], policy.forward
+
+    def spy(ids, *args, **kwargs):
+        sizes.append(ids.shape[0])
+        return forward(ids, *args, **kwargs)
+
+    monkeypatch.setattr(policy, "forward", spy)
+    got, _ = make_experience(policy, rollout, scores, dataclasses.replace(cfg, micro_batch_size=2), 0.1, 1.0,
+                             torch.device("cpu"))
+    assert sizes == [2, 2, 2, 2]
+    for name in ("old_logprobs", "ref_logprobs", "old_values", "advantages", "returns"):
+        assert torch.allclose(getattr(ref, name), getattr(got, name), atol=1e-5), name

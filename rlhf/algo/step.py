@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -47,6 +47,31 @@ def _chunks(n: int, size: int) -> List[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 
+def micro_size(cfg: AlgoConfig) -> int:
+    """Samples per forward (and backward) pass: algo.micro_batch_size, 0 meaning the whole minibatch."""
+    return cfg.micro_batch_size or cfg.minibatch_size
+
+
+# minibatch_loss stats that are token means whatever algo.loss_agg is (the rest follow loss_agg)
+TOKEN_MEAN_STATS = ("clip_frac", "approx_kl", "value_clip_frac")
+
+
+def micro_weights(mask: torch.Tensor, chunks: List[slice], loss_agg: str) -> Tuple[List[float], List[float]]:
+    """Weights that make the micro-batch losses (and stats) add up to the whole minibatch's: (loss_agg, token_mean).
+
+    A micro-batch's loss is `aggregate` over its own rows: a mean over its response tokens (token_mean) or over its
+    non-empty sequences (seq_mean). Weighting it by its share of the minibatch's tokens (resp. non-empty sequences)
+    gives exactly the minibatch's mean, hence the same gradient. One chunk: weight 1.
+    """
+    if len(chunks) == 1:
+        return [1.0], [1.0]
+    tokens = mask.sum(-1).float().cpu()
+    seqs = (tokens > 0).float()
+    tok_w = [float(tokens[c].sum() / tokens.sum().clamp(min=1.0)) for c in chunks]
+    seq_w = [float(seqs[c].sum() / seqs.sum().clamp(min=1.0)) for c in chunks]
+    return (tok_w if loss_agg == "token_mean" else seq_w), tok_w
+
+
 @torch.no_grad()
 def compute_advantages(
     cfg: AlgoConfig, scores: torch.Tensor, mask: torch.Tensor, old_logprobs: torch.Tensor,
@@ -79,7 +104,7 @@ def make_experience(policy: Policy, rollout: Rollout, scores: torch.Tensor, cfg:
     # with no KL term anywhere the reference forward is skipped (a third of this phase); KL is then not measured
     need_ref = kl_coef > 0 or cfg.kl_controller == "adaptive"
     old_lp, ref_lp, vals = [], [], []
-    for s in _chunks(B, cfg.minibatch_size):
+    for s in _chunks(B, micro_size(cfg)):
         out = policy(ids[s], att[s], P, temperature, want_entropy=False)
         old_lp.append(out.logprobs)
         if out.values is not None:
@@ -138,27 +163,54 @@ def minibatch_loss(policy: Policy, mb: Experience, cfg: AlgoConfig, kl_coef: flo
 
 def update(policy: Policy, exp: Experience, cfg: AlgoConfig, optimizer, scheduler, kl_coef: float,
            temperature: float, params: List[torch.nn.Parameter], generator: Optional[torch.Generator] = None,
-           backward=None, step_fn=None, all_finite=None) -> Dict[str, float]:
-    """`epochs` passes of shuffled minibatches. A minibatch whose loss or gradient is not finite is skipped.
+           backward=None, step_fn=None, all_finite=None, boundary: Optional[Callable[[bool], None]] = None,
+           discard: Optional[Callable[[torch.Tensor], None]] = None) -> Dict[str, float]:
+    """`epochs` passes of shuffled minibatches, one optimizer step each. A minibatch whose loss or gradient is not
+    finite is skipped.
+
+    Each minibatch runs as forward/backward passes over chunks of algo.micro_batch_size samples whose gradients are
+    accumulated; every chunk's loss is weighted by its share of the minibatch (micro_weights), so the accumulated
+    gradient, and every returned stat, is the whole minibatch's.
 
     backward/step_fn let a DeepSpeed engine replace loss.backward() and optimizer.step(); all_finite(tensor) -> bool
-    lets several ranks take the skip decision together (default: this process's torch.isfinite).
+    lets several ranks take the skip decision together (default: this process's torch.isfinite). With more than one
+    chunk per minibatch, boundary(is_last) is called before each chunk's backward (DeepSpeed: the gradient
+    accumulation boundary), and discard(loss) drops the gradients already accumulated when a later chunk's loss is not
+    finite (default: optimizer.zero_grad; the chunk's loss, its graph still alive, is passed for DeepSpeed).
     Returns mean stats plus `skipped_updates` and `grad_norm`.
     """
     B = exp.input_ids.shape[0]
     finite = all_finite or (lambda t: bool(torch.isfinite(t).all()))
+    backward = backward or (lambda l: l.backward())
     sums: Dict[str, float] = {}
     count, skipped = 0, 0
     for _ in range(cfg.epochs):
         perm = torch.randperm(B, generator=generator)
         for s in _chunks(B, cfg.minibatch_size):
             mb = exp.select(perm[s].to(exp.input_ids.device))
-            loss, stats = minibatch_loss(policy, mb, cfg, kl_coef, temperature)
-            if not finite(loss):
-                optimizer.zero_grad(set_to_none=True)
+            chunks = _chunks(mb.input_ids.shape[0], micro_size(cfg))
+            weights, token_weights = micro_weights(mb.mask, chunks, cfg.loss_agg)
+            stats: Dict[str, torch.Tensor] = {}
+            ok = True
+            for i, (c, w, tw) in enumerate(zip(chunks, weights, token_weights)):
+                mloss, mstats = minibatch_loss(policy, mb.select(c) if len(chunks) > 1 else mb, cfg, kl_coef,
+                                               temperature)
+                if not finite(mloss):
+                    if i > 0 and discard is not None:
+                        discard(mloss)
+                    optimizer.zero_grad(set_to_none=True)
+                    ok = False
+                    break
+                for k, v in mstats.items():
+                    v = v * (tw if k in TOKEN_MEAN_STATS else w) if len(chunks) > 1 else v
+                    stats[k] = stats[k] + v if k in stats else v
+                if boundary is not None and len(chunks) > 1:
+                    boundary(i == len(chunks) - 1)
+                backward(mloss * w if len(chunks) > 1 else mloss)
+                del mloss
+            if not ok:
                 skipped += 1
                 continue
-            (backward or (lambda l: l.backward()))(loss)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
             if not finite(grad_norm):
                 optimizer.zero_grad(set_to_none=True)

@@ -10,6 +10,14 @@ The update goes through rlhf.algo.step.update with this module's hooks: forward 
 a step that records DeepSpeed's global grad norm, and a collective "all ranks finite" check so that a non-finite loss
 on one rank skips the minibatch on every rank (a lone rank skipping would leave its peers waiting in a collective).
 
+Gradient accumulation (algo.micro_batch_size < minibatch_size): DeepSpeed's gradient_accumulation_steps stays 1, so
+engine.backward does not rescale the loss; update() passes each micro-batch's loss already weighted by its share of
+the minibatch, sets the accumulation boundary explicitly (engine.set_gradient_accumulation_boundary: False before
+every backward but the minibatch's last, True before the last, so ZeRO accumulates into its gradient partitions and
+finalises them only then) and calls engine.step() once per minibatch, after the last backward. A non-finite loss in a
+later micro-batch must drop what ZeRO already accumulated in its own buffers, which only its overflow path clears:
+`_discard` backpropagates a NaN gradient at a boundary and lets engine.step() skip and clear (on every rank).
+
 Generation under ZeRO-3 (`generation_context`): the actor's parameters are gathered once (GatheredParameters) and the
 ZeRO-3 module hooks are taken off while transformers `generate` runs, so ranks may run different numbers of forward
 passes (different reply lengths) without collectives; the hooks are put back afterwards. The context is entered by
@@ -66,6 +74,7 @@ def deepspeed_config(cfg: Config, world_size: int) -> Dict[str, Any]:
     ds: Dict[str, Any] = {
         "train_batch_size": a.minibatch_size,  # global samples per optimizer step
         "train_micro_batch_size_per_gpu": a.minibatch_size // world_size,
+        # 1 also with algo.micro_batch_size: update() weights the micro-batch losses and sets the boundary itself
         "gradient_accumulation_steps": 1,
         "gradient_clipping": a.max_grad_norm,  # 0 disables, as in the plain path
         "zero_optimization": zero,
@@ -144,6 +153,21 @@ class DeepSpeedRuntime:
     def _backward(self, loss: torch.Tensor) -> None:
         self.engine.backward(loss)
 
+    def _boundary(self, is_last: bool) -> None:
+        self.engine.set_gradient_accumulation_boundary(is_last)
+
+    def _discard(self, loss: torch.Tensor) -> None:
+        """Drop this minibatch's gradients accumulated so far (a later micro-batch's loss was not finite on some rank,
+        every rank calls this): a NaN gradient reduced at a boundary makes DeepSpeed's step see a non-finite norm, skip
+        the update and clear its partitions and accumulation state."""
+        self.engine.set_gradient_accumulation_boundary(True)
+        self.engine.backward(loss * float("nan"))
+        self.engine.step()
+        if self.engine.was_step_applied():
+            raise RuntimeError("DeepSpeed applied a step with a NaN gradient (zero_optimization.compute_grad_norm=false"
+                               " or bf16.check_grad_overflow=false disable its check); a non-finite micro-batch loss "
+                               "cannot be skipped safely with them")
+
     def update(self, exp, algo_local, kl_coef: float, temperature: float) -> Dict[str, float]:
         """rlhf.algo.step.update through the engine; grad_norm and skip counts are DeepSpeed's (global)."""
         from rlhf.algo.step import update
@@ -151,7 +175,8 @@ class DeepSpeedRuntime:
         self._norms, self._ds_skipped = [], 0
         upd = update(self.engine, exp, algo_local, self.optimizer, None, kl_coef, temperature, [],
                      backward=self._backward, step_fn=self._step,
-                     all_finite=lambda t: self.dist.all_true(torch.isfinite(t).all()))
+                     all_finite=lambda t: self.dist.all_true(torch.isfinite(t).all()),
+                     boundary=self._boundary, discard=self._discard)
         if self._ds_skipped:
             upd["skipped_updates"] = upd.get("skipped_updates", 0.0) + self._ds_skipped
             upd["optimizer_steps"] = upd.get("optimizer_steps", 0.0) - self._ds_skipped

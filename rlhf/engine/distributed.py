@@ -5,11 +5,11 @@ a submitit job with several tasks (hydra/launcher=slurm, tasks_per_node > 1) is 
 JobEnvironment. A plain `python -m rlhf.train` is world size 1 and, without DeepSpeed, never creates a process group:
 every helper here is then the identity, so the trainer calls them unconditionally.
 
-Batch semantics: `algo.prompts_per_step` and `algo.minibatch_size` are GLOBAL. Every rank draws the same global prompt
-indices from the (identically seeded) sampler and keeps its contiguous slice; make_experience/update run on the
-per-rank shapes (`local_algo`) and DeepSpeed averages gradients, so one optimizer step still sees `minibatch_size`
-samples. Per-sequence metrics are averaged over ranks (exact, shards have equal size); throughput is summed, timings
-take the slowest rank.
+Batch semantics: `algo.prompts_per_step`, `algo.minibatch_size` and `algo.micro_batch_size` are GLOBAL. Every rank
+draws the same global prompt indices from the (identically seeded) sampler and keeps its contiguous slice;
+make_experience/update run on the per-rank shapes (`local_algo`: each rank forwards micro_batch_size / world samples
+at a time) and DeepSpeed averages gradients, so one optimizer step still sees `minibatch_size` samples. Per-sequence
+metrics are averaged over ranks (exact, shards have equal size); throughput is summed, timings take the slowest rank.
 
 Faults: collectives carry `hardware.dist_timeout_s` (gloo on CPU, nccl on CUDA). A rank that dies closes its sockets,
 so its peers fail at their next collective at once; a rank that hangs makes its peers fail after the timeout. Either
@@ -92,6 +92,9 @@ def check_world_config(cfg: Config, world_size: Optional[int] = None) -> None:
                           f"{world}")
     if a.minibatch_size % world:
         raise ConfigError(f"algo.minibatch_size: {a.minibatch_size} (global) must be divisible by the world size {world}")
+    if a.micro_batch_size % world:
+        raise ConfigError(f"algo.micro_batch_size: {a.micro_batch_size} (global) must be divisible by the world size "
+                          f"{world}")
 
 
 @dataclass
@@ -121,11 +124,13 @@ class DistContext:
         return list(items[lo:hi])
 
     def local_algo(self, a: AlgoConfig) -> AlgoConfig:
-        """The per-rank batch shapes: global prompts_per_step and minibatch_size divided by the world size."""
+        """The per-rank batch shapes: global prompts_per_step, minibatch_size and micro_batch_size divided by the world
+        size."""
         if self.world_size == 1:
             return a
         return replace(a, prompts_per_step=a.prompts_per_step // self.world_size,
-                       minibatch_size=a.minibatch_size // self.world_size)
+                       minibatch_size=a.minibatch_size // self.world_size,
+                       micro_batch_size=a.micro_batch_size // self.world_size)
 
     # --------------------------------------------------------------------------------------------- collectives
     def _device(self) -> torch.device:
