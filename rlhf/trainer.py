@@ -196,7 +196,7 @@ class Trainer:
         kl_coef = self.kl_ctl.value
         actor = self.ds.engine if self.ds is not None else self.policy
         exp, exp_metrics = make_experience(actor, rollout, scored.rewards, la, kl_coef, g.temperature or 1.0,
-                                           self.device)
+                                           self.device, self.dist.all_sum if self.dist.active else None)
         exp_metrics = self.dist.reduce_metrics(exp_metrics)  # the global KL, before the controller sees it
         t_exp = time.perf_counter()
         if self.ds is not None:

@@ -148,3 +148,49 @@ def test_gather_logprobs_entropy_matches_entropy_from_logits():
     assert torch.allclose(lp, gather_logprobs(logits, tokens))
     assert torch.allclose(lp, torch.log_softmax(logits, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1), atol=1e-6)
     assert torch.allclose(ent, entropy_from_logits(logits), atol=1e-6)
+
+
+def two_rank_sum(other_x: torch.Tensor, other_mask: torch.Tensor):
+    """A stand-in for an all-reduce over two ranks, seen from rank 0: adds what rank 1 (other_x, other_mask) would
+    contribute to each of global_mean_var's two reductions (sums + count, then squared deviations from the mean)."""
+    state = {}
+
+    def all_sum(t: torch.Tensor) -> torch.Tensor:
+        if t.shape == (2,):
+            other = torch.stack([(other_x * other_mask).sum(), other_mask.sum()])
+            total = t + other
+            state["mean"] = total[0] / total[1]
+            return total
+        return t + ((other_x - state["mean"]).pow(2) * other_mask).sum().reshape(1)
+
+    return all_sum
+
+
+def test_global_whitening_equals_whitening_the_concatenated_batch():
+    from rlhf.algo.advantages import global_mean_var
+
+    a, ma = torch.tensor([[1.0, 2.0, 0.0], [3.0, 0.0, 0.0]]), torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    b, mb = torch.tensor([[5.0, 7.0, 9.0]]), torch.tensor([[1.0, 1.0, 1.0]])
+    mean, var = global_mean_var(a, ma, two_rank_sum(b, mb))
+    # by hand: values 1, 2, 3, 5, 7, 9 -> mean 27/6 = 4.5; squared deviations 12.25+6.25+2.25+0.25+6.25+20.25 = 47.5
+    assert float(mean) == pytest.approx(4.5) and float(var) == pytest.approx(47.5 / 5)
+    got = masked_whiten(a, ma, all_sum=two_rank_sum(b, mb))
+    both = masked_whiten(torch.cat([a, b[:, :3]]), torch.cat([ma, mb]))
+    assert torch.allclose(got, both[:2], atol=1e-6)
+    assert not torch.allclose(masked_whiten(a, ma), both[:2], atol=1e-3)  # per-rank statistics differ
+
+
+def test_micro_weights_global_token_share():
+    from rlhf.algo.step import _chunks, micro_weights
+
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])  # this rank: 3 + 1 tokens; the other rank has 4 + 0
+    other = torch.tensor([4.0, 1.0])  # (tokens, non-empty sequences) of the other rank
+    all_sum = lambda t: t + other  # noqa: E731
+    w, tw = micro_weights(mask, _chunks(2, 1), "token_mean", all_sum, world_size=2)
+    # global 8 tokens over 2 ranks -> 4 per rank: chunks weigh 3/4 and 1/4 (then the engine averages the 2 ranks)
+    assert w == pytest.approx([0.75, 0.25]) and tw == pytest.approx([0.75, 0.25])
+    w, _ = micro_weights(mask, _chunks(2, 2), "token_mean", all_sum, world_size=2)
+    assert w == pytest.approx([1.0])
+    w, _ = micro_weights(mask, _chunks(2, 1), "seq_mean", all_sum, world_size=2)
+    # 3 non-empty sequences over 2 ranks -> 1.5 per rank: each of this rank's two weighs 1/1.5
+    assert w == pytest.approx([2 / 3, 2 / 3])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 
@@ -23,10 +23,26 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> to
     return var
 
 
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
-    """(x - mean) / std over masked entries; with shift_mean=False the mean is added back (scale only)."""
-    mean = masked_mean(x, mask)
-    std = masked_var(x, mask).add(eps).sqrt()
+def global_mean_var(x: torch.Tensor, mask: torch.Tensor, all_sum: Callable[[torch.Tensor], torch.Tensor]):
+    """masked mean and unbiased variance over the masked entries of every rank (all_sum sums a tensor over ranks)."""
+    s = all_sum(torch.stack([(x * mask).sum(), mask.sum()]))
+    n = s[1].clamp(min=1.0)
+    mean = s[0] / n
+    var = all_sum(((x - mean).pow(2) * mask).sum().reshape(1))[0] / n
+    return mean, var * n / (n - 1) if float(n) > 1 else var
+
+
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8,
+                  all_sum: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> torch.Tensor:
+    """(x - mean) / std over masked entries; with shift_mean=False the mean is added back (scale only).
+
+    all_sum (sums a tensor over data-parallel ranks) makes mean and std those of the global batch, as one process
+    holding the whole batch would compute them; None: this tensor's own statistics."""
+    if all_sum is None:
+        mean, var = masked_mean(x, mask), masked_var(x, mask)
+    else:
+        mean, var = global_mean_var(x, mask, all_sum)
+    std = var.add(eps).sqrt()
     out = (x - mean) / std
     if not shift_mean:
         out = out + mean

@@ -52,23 +52,35 @@ def micro_size(cfg: AlgoConfig) -> int:
     return cfg.micro_batch_size or cfg.minibatch_size
 
 
+SumFn = Callable[[torch.Tensor], torch.Tensor]  # sums a tensor over data-parallel ranks
+
 # minibatch_loss stats that are token means whatever algo.loss_agg is (the rest follow loss_agg)
 TOKEN_MEAN_STATS = ("clip_frac", "approx_kl", "value_clip_frac")
 
 
-def micro_weights(mask: torch.Tensor, chunks: List[slice], loss_agg: str) -> Tuple[List[float], List[float]]:
+def micro_weights(mask: torch.Tensor, chunks: List[slice], loss_agg: str, all_sum: Optional[SumFn] = None,
+                  world_size: int = 1) -> Tuple[List[float], List[float]]:
     """Weights that make the micro-batch losses (and stats) add up to the whole minibatch's: (loss_agg, token_mean).
 
     A micro-batch's loss is `aggregate` over its own rows: a mean over its response tokens (token_mean) or over its
     non-empty sequences (seq_mean). Weighting it by its share of the minibatch's tokens (resp. non-empty sequences)
-    gives exactly the minibatch's mean, hence the same gradient. One chunk: weight 1.
+    gives exactly the minibatch's mean, hence the same gradient. One chunk on one process: weight 1.
+
+    Data parallel (all_sum sums over ranks, whose gradients the engine then averages): the share is of the global
+    minibatch times world_size, so the averaged gradient is the global token (or sequence) mean, not a mean of
+    per-rank means that would over-weight the tokens of ranks with shorter responses.
     """
-    if len(chunks) == 1:
+    if len(chunks) == 1 and all_sum is None:
         return [1.0], [1.0]
-    tokens = mask.sum(-1).float().cpu()
+    tokens = mask.sum(-1).float()
     seqs = (tokens > 0).float()
-    tok_w = [float(tokens[c].sum() / tokens.sum().clamp(min=1.0)) for c in chunks]
-    seq_w = [float(seqs[c].sum() / seqs.sum().clamp(min=1.0)) for c in chunks]
+    totals = torch.stack([tokens.sum(), seqs.sum()])
+    if all_sum is not None:
+        totals = all_sum(totals) / world_size
+    totals = totals.cpu().clamp(min=1e-12)
+    tokens, seqs = tokens.cpu(), seqs.cpu()
+    tok_w = [float(tokens[c].sum() / totals[0]) for c in chunks]
+    seq_w = [float(seqs[c].sum() / totals[1]) for c in chunks]
     return (tok_w if loss_agg == "token_mean" else seq_w), tok_w
 
 
@@ -76,11 +88,12 @@ def micro_weights(mask: torch.Tensor, chunks: List[slice], loss_agg: str) -> Tup
 def compute_advantages(
     cfg: AlgoConfig, scores: torch.Tensor, mask: torch.Tensor, old_logprobs: torch.Tensor,
     ref_logprobs: torch.Tensor, values: Optional[torch.Tensor], group_size: int, kl_coef: float,
+    all_sum: Optional[SumFn] = None,
 ):
     """Returns (advantages (B,R), returns (B,R) or None, per-token kl (B,R))."""
     kl = kl_estimate(old_logprobs, ref_logprobs, cfg.kl_estimator) * mask
     if cfg.whiten_rewards:
-        scores = masked_whiten(scores, torch.ones_like(scores), shift_mean=False)
+        scores = masked_whiten(scores, torch.ones_like(scores), shift_mean=False, all_sum=all_sum)
     if cfg.name == "ppo":
         assert values is not None, "ppo needs a value head"
         penalty = kl_coef if cfg.kl_in == "reward" else 0.0
@@ -90,13 +103,17 @@ def compute_advantages(
         seq_adv = group_advantages(scores, group_size, scale_by_std=cfg.scale_by_std)
         advantages, returns = seq_adv.unsqueeze(1) * mask, None
     if cfg.whiten_advantages:
-        advantages = masked_whiten(advantages, mask)
+        advantages = masked_whiten(advantages, mask, all_sum=all_sum)
     return advantages, returns, kl
 
 
 @torch.no_grad()
 def make_experience(policy: Policy, rollout: Rollout, scores: torch.Tensor, cfg: AlgoConfig, kl_coef: float,
-                    temperature: float, device: torch.device) -> tuple[Experience, Dict[str, float]]:
+                    temperature: float, device: torch.device,
+                    all_sum: Optional[SumFn] = None) -> tuple[Experience, Dict[str, float]]:
+    """Old log-probs (+ values, reference log-probs) and advantages for one scored rollout.
+
+    all_sum (data parallel: sums over ranks) makes whitening use the global batch's statistics."""
     ids = rollout.input_ids.to(device)
     att = rollout.attention_mask.to(device)
     mask = rollout.response_mask.to(device)
@@ -116,20 +133,27 @@ def make_experience(policy: Policy, rollout: Rollout, scores: torch.Tensor, cfg:
     values = torch.cat(vals) * mask if vals else None
     scores = scores.to(device).float()
     advantages, returns, kl = compute_advantages(
-        cfg, scores, mask, old_logprobs, ref_logprobs, values, rollout.group_size, kl_coef
+        cfg, scores, mask, old_logprobs, ref_logprobs, values, rollout.group_size, kl_coef, all_sum
     )
     engine_lp = rollout.engine_logprobs.to(device) if rollout.engine_logprobs is not None else None
+
+    def tmean(x: torch.Tensor) -> float:  # a token mean over the global batch (the same on every rank)
+        if all_sum is None:
+            return float(masked_mean(x, mask))
+        s = all_sum(torch.stack([(x * mask).sum(), mask.sum()]))
+        return float(s[0] / s[1].clamp(min=1.0))
+
     metrics = {
         # per-sequence KL, summed over tokens, averaged over sequences (NaN: not measured, kl_coef=0)
         "kl": float((kl.sum(-1)).mean()) if need_ref else float("nan"),
-        "kl_per_token": float(masked_mean(kl, mask)) if need_ref else float("nan"),
-        "advantage_mean": float(masked_mean(advantages, mask)),
+        "kl_per_token": tmean(kl) if need_ref else float("nan"),
+        "advantage_mean": tmean(advantages),
     }
     if values is not None:
-        metrics["value_mean"] = float(masked_mean(values, mask))
+        metrics["value_mean"] = tmean(values)
     if engine_lp is not None:
         diff = (old_logprobs - engine_lp).abs()
-        metrics["engine_logprob_diff_mean"] = float(masked_mean(diff, mask))
+        metrics["engine_logprob_diff_mean"] = tmean(diff)
         metrics["engine_logprob_diff_max"] = float((diff * mask).max())
     exp = Experience(ids, att, mask, old_logprobs, ref_logprobs, advantages, returns, values, engine_lp, P)
     return exp, metrics
@@ -164,9 +188,10 @@ def minibatch_loss(policy: Policy, mb: Experience, cfg: AlgoConfig, kl_coef: flo
 def update(policy: Policy, exp: Experience, cfg: AlgoConfig, optimizer, scheduler, kl_coef: float,
            temperature: float, params: List[torch.nn.Parameter], generator: Optional[torch.Generator] = None,
            backward=None, step_fn=None, all_finite=None, boundary: Optional[Callable[[bool], None]] = None,
-           discard: Optional[Callable[[torch.Tensor], None]] = None) -> Dict[str, float]:
+           discard: Optional[Callable[[torch.Tensor], None]] = None, all_sum: Optional[SumFn] = None,
+           world_size: int = 1) -> Dict[str, float]:
     """`epochs` passes of shuffled minibatches, one optimizer step each. A minibatch whose loss or gradient is not
-    finite is skipped.
+    finite is skipped. all_sum/world_size (data parallel): loss weights use the global minibatch (micro_weights).
 
     Each minibatch runs as forward/backward passes over chunks of algo.micro_batch_size samples whose gradients are
     accumulated; every chunk's loss is weighted by its share of the minibatch (micro_weights), so the accumulated
@@ -189,7 +214,8 @@ def update(policy: Policy, exp: Experience, cfg: AlgoConfig, optimizer, schedule
         for s in _chunks(B, cfg.minibatch_size):
             mb = exp.select(perm[s].to(exp.input_ids.device))
             chunks = _chunks(mb.input_ids.shape[0], micro_size(cfg))
-            weights, token_weights = micro_weights(mb.mask, chunks, cfg.loss_agg)
+            weights, token_weights = micro_weights(mb.mask, chunks, cfg.loss_agg, all_sum, world_size)
+            weighted = len(chunks) > 1 or all_sum is not None
             stats: Dict[str, torch.Tensor] = {}
             ok = True
             for i, (c, w, tw) in enumerate(zip(chunks, weights, token_weights)):
@@ -202,11 +228,11 @@ def update(policy: Policy, exp: Experience, cfg: AlgoConfig, optimizer, schedule
                     ok = False
                     break
                 for k, v in mstats.items():
-                    v = v * (tw if k in TOKEN_MEAN_STATS else w) if len(chunks) > 1 else v
+                    v = v * (tw if k in TOKEN_MEAN_STATS else w) if weighted else v
                     stats[k] = stats[k] + v if k in stats else v
                 if boundary is not None and len(chunks) > 1:
                     boundary(i == len(chunks) - 1)
-                backward(mloss * w if len(chunks) > 1 else mloss)
+                backward(mloss * w if weighted else mloss)
                 del mloss
             if not ok:
                 skipped += 1

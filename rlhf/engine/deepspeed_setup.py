@@ -176,7 +176,8 @@ class DeepSpeedRuntime:
         upd = update(self.engine, exp, algo_local, self.optimizer, None, kl_coef, temperature, [],
                      backward=self._backward, step_fn=self._step,
                      all_finite=lambda t: self.dist.all_true(torch.isfinite(t).all()),
-                     boundary=self._boundary, discard=self._discard)
+                     boundary=self._boundary, discard=self._discard, all_sum=self.dist.all_sum,
+                     world_size=self.dist.world_size)
         if self._ds_skipped:
             upd["skipped_updates"] = upd.get("skipped_updates", 0.0) + self._ds_skipped
             upd["optimizer_steps"] = upd.get("optimizer_steps", 0.0) - self._ds_skipped

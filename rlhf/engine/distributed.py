@@ -151,6 +151,14 @@ class DistContext:
         torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
         return bool(t.item() > 0.5)
 
+    def all_sum(self, t: torch.Tensor) -> torch.Tensor:
+        """Elementwise sum over ranks (same shape on every rank), returned on t's device."""
+        if not self.active:
+            return t
+        out = t.detach().to(self._device(), copy=True).contiguous()
+        torch.distributed.all_reduce(out, op=torch.distributed.ReduceOp.SUM)
+        return out.to(t.device)
+
     def all_gather_cat(self, t: torch.Tensor) -> torch.Tensor:
         """Concatenation over ranks (rank order) of equally shaped tensors."""
         if not self.active:
