@@ -36,6 +36,9 @@ SEED = 0
 CHILD_TIMEOUT_S = 3600
 GOAL_ROLLOUT_RATIO = 0.80  # rollout phase inside a training step vs the raw engine
 GOAL_MEMORY_RATIO = 1.30  # actor + reference + judge on one base vs one base alone
+GOAL_JUDGE_SPEEDUP = 3.0  # judge pairs/s with prefix KV reuse vs without, at 6 demonstrations
+GOAL_SYNC_S_PER_1B = 1.0  # weight sync seconds per 1B parameters (on the GPU)
+GOAL_TRL_RATIO = 2.0  # rlhf vs TRL completions/s and reward gain per GPU-second (on the GPU)
 
 QUICK = os.environ.get("BENCH_QUICK", "0") not in ("", "0", "false")
 SUITE = os.environ.get("BENCH_SUITE", "cpu")

@@ -7,7 +7,8 @@ import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from bench_common import GOAL_MEMORY_RATIO, GOAL_ROLLOUT_RATIO, PHASES, ROOT, SEED
+from bench_common import (GOAL_JUDGE_SPEEDUP, GOAL_MEMORY_RATIO, GOAL_ROLLOUT_RATIO, GOAL_SYNC_S_PER_1B, GOAL_TRL_RATIO,
+                          PHASES, ROOT, SEED)
 
 
 # ---------------------------------------------------------------------------------------------------------- markdown
@@ -295,6 +296,19 @@ def render_markdown(r: Dict[str, Any], json_path: Path) -> str:
              f"{goal(rr['ratio_slots'], GOAL_ROLLOUT_RATIO, True)} ({f(rr['ratio_slots'] and 100 * rr['ratio_slots'], 1)} %)")
     L.append(f"- actor + reference + judge memory <= {GOAL_MEMORY_RATIO}x one base: "
              f"{goal(sh, GOAL_MEMORY_RATIO, False)} ({f(sh)}x)")
+    jres = (r.get("judge") or {}).get("result") or {}
+    L.append(f"- judge prefix reuse >= {GOAL_JUDGE_SPEEDUP:g}x pairs/s at {jres.get('num_demos', 6)} demonstrations: "
+             f"{goal(jres.get('speedup'), GOAL_JUDGE_SPEEDUP, True)} ({f(jres.get('speedup'))}x)")
+    dv = (r.get("vllm") or {}).get("derived") or {}
+    per_1b = dv.get("sync_seconds_per_1b_params")
+    on_gpu = r.get("suite") == "gpu"
+    L.append(f"- weight sync <= {GOAL_SYNC_S_PER_1B:g} s per 1B parameters (a GPU goal): "
+             + (f"{goal(per_1b, GOAL_SYNC_S_PER_1B, False)} ({f(per_1b, 2)} s)" if on_gpu else
+                f"not measured on a GPU (this CPU run: {f(per_1b, 2)} s per 1B)"))
+    comp = ((r.get("grpo") or {}).get("pooled") or {}).get("ratios_rlhf_vs_trl", {}).get("completions_per_s")
+    L.append(f"- >= {GOAL_TRL_RATIO:g}x TRL's completions/s and reward gain per GPU-second (GPU goals): "
+             + (f"completions/s {goal(comp, GOAL_TRL_RATIO, True)} ({fx(comp)}); reward gain per GPU-second: "
+                "see section 1" if on_gpu else f"not measured on a GPU (this CPU run: {fx(comp)} completions/s)"))
     L.append("")
     if r["errors"]:
         L.append("## Errors")
