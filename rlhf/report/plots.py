@@ -15,6 +15,7 @@ from rlhf.report.logger import read_metrics  # noqa: E402
 PANELS = [
     ("reward_mean", "reward (mean)"),
     ("em_flexible", "batch EM (flexible)"),
+    ("reward/format_rate", "batch format rate (#### N line)"),
     ("kl", "KL to reference (per sequence)"),
     ("response_length", "response length (tokens)"),
     ("policy_loss", "policy loss"),
@@ -22,6 +23,7 @@ PANELS = [
     ("entropy", "entropy"),
     ("clip_frac", "clip fraction"),
     ("eval/em_flexible", "test EM (greedy, flexible)"),
+    ("eval/em_strict", "test EM (greedy, strict)"),
 ]
 
 
