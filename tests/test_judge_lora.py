@@ -92,3 +92,34 @@ def test_lora_layers_on_bare_backbone_for_bt_rm():
     rm = build_reward_model(TINY, JudgeConfig(lora_layers=1))
     names = [n for n, p in rm.backbone.named_parameters() if p.requires_grad]
     assert names and all(".layers.1." in n for n in names)
+
+
+@pytest.mark.parametrize("num_demos,rationale", [(2, False), (1, True)])
+def test_prefix_reuse_in_training_gives_the_same_loss_and_gradients(num_demos, rationale):
+    """One prefix forward per step, expanded over the batch, equals recomputing the prefix for every example."""
+    from rlhf.judge.lora_judge import judge_step_loss
+
+    from dataclasses import replace
+
+    cfg = JudgeConfig(num_demos=num_demos, max_len=96, lora=replace(JudgeConfig().lora, dropout=0.0))
+    judge = build_lora_judge(TINY, cfg)
+    judge.model.train()  # (dropout 0: the two paths must see the same function)
+    with torch.no_grad():  # a non-zero adapter, so the LoRA weights get gradients through the prefix too
+        for n, p in judge.model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.1)
+    rows = pref_rows(DatasetConfig(name="synthetic_prefs", num_train=8, num_test=4), "train")[:3]
+    rows = [dict(r, rationale="because the numbers add up") for r in rows]
+    examples = [ex for r in rows for ex in training_examples(judge, r, use_rationale=rationale)]
+    params = [p for p in judge.model.parameters() if p.requires_grad]
+    results = []
+    for reuse in (False, True):
+        judge.model.zero_grad(set_to_none=True)
+        out = judge_step_loss(judge, examples, reuse_prefix=reuse)
+        out["loss"].backward()
+        results.append((out, [p.grad.clone() for p in params]))
+    (a, ga), (b, gb) = results
+    assert float(a["loss"].detach()) == pytest.approx(float(b["loss"].detach()), abs=1e-5)
+    assert float(a["verdict_accuracy"]) == float(b["verdict_accuracy"])
+    assert max((x - y).abs().max().item() for x, y in zip(ga, gb)) < 1e-5
+    assert max(x.abs().max().item() for x in gb) > 1e-4  # gradients are not all zero

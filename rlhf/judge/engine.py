@@ -34,15 +34,19 @@ def positions_from_mask(mask: torch.Tensor, offset: int = 0) -> torch.Tensor:
 
 
 class PrefixCache:
-    """The prefix's per-layer keys/values (batch 1), expanded to a fresh DynamicCache per batch."""
+    """The prefix's per-layer keys/values (batch 1), expanded to a fresh DynamicCache per batch.
 
-    def __init__(self, model: torch.nn.Module, prefix_ids: Sequence[int], device: torch.device):
+    grad=True keeps the keys/values in the autograd graph (LoRA judge training: one prefix forward per step, its
+    gradient summed over the batch through expand); the default is a detached, reusable cache for scoring."""
+
+    def __init__(self, model: torch.nn.Module, prefix_ids: Sequence[int], device: torch.device, grad: bool = False):
         self.length = len(prefix_ids)
         ids = torch.tensor([list(prefix_ids)], dtype=torch.long, device=device)
-        with torch.no_grad():
+        with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
             out = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, logits_to_keep=1)
         cache = out.past_key_values
-        self.kv = [(layer.keys.detach(), layer.values.detach()) for layer in cache.layers]
+        self.kv = [(layer.keys, layer.values) if grad else (layer.keys.detach(), layer.values.detach())
+                   for layer in cache.layers]
 
     def expand(self, batch: int) -> DynamicCache:
         # expand() is a view; the cache's first update() concatenates, which copies, so self.kv is never modified.
@@ -81,6 +85,19 @@ def batched_verdict_logits(model: torch.nn.Module, prefix_ids: Sequence[int], su
             logits = last_logits(model, prefix_ids, [suffixes[i] for i in idx], pad_id, device, cache)
             out[idx] = logits[:, cols.to(logits.device)].cpu()
     return out
+
+
+def train_logits_with_prefix(model: torch.nn.Module, prefix_ids: Sequence[int], suffixes: Sequence[Sequence[int]],
+                             pad_id: int, device: torch.device, keep: int) -> torch.Tensor:
+    """train_logits of prefix + suffix_i with the shared prefix run once (with gradients) and its keys/values expanded
+    over the batch: the same logits and gradients, without recomputing the prefix for every row."""
+    cache = PrefixCache(model, prefix_ids, device, grad=True)
+    ids, mask = left_pad(suffixes, pad_id)
+    b = ids.shape[0]
+    full_mask = torch.cat([torch.ones((b, cache.length), dtype=torch.long), mask], dim=1)
+    pos = positions_from_mask(mask, offset=cache.length)
+    return model(input_ids=ids.to(device), attention_mask=full_mask.to(device), position_ids=pos.to(device),
+                 past_key_values=cache.expand(b), use_cache=True, logits_to_keep=keep).logits
 
 
 def train_logits(model: torch.nn.Module, seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device,

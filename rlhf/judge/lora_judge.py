@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from rlhf.config import JudgeConfig, LoraConfig, ModelConfig
-from rlhf.judge.engine import train_logits
+from rlhf.judge.engine import train_logits, train_logits_with_prefix
 from rlhf.judge.io import MetricSink, atomic_save_dir, batch_indices, drop_identical_pairs, write_json
 from rlhf.judge.rubric_judge import RubricJudge, judge_demos
 from rlhf.model.shared import model_scope
@@ -89,10 +89,20 @@ def pack_targets(examples: Sequence[Tuple[List[int], List[int]]]) -> Tuple[List[
     return inputs, labels, keep
 
 
-def judge_step_loss(judge: RubricJudge, examples: Sequence[Tuple[List[int], List[int]]]) -> Dict[str, torch.Tensor]:
-    """Token cross-entropy over all target tokens, plus verdict-only diagnostics."""
+def judge_step_loss(judge: RubricJudge, examples: Sequence[Tuple[List[int], List[int]]],
+                    reuse_prefix: Optional[bool] = None) -> Dict[str, torch.Tensor]:
+    """Token cross-entropy over all target tokens, plus verdict-only diagnostics.
+
+    reuse_prefix (default judge.reuse_prefix_cache): run the rubric + demonstrations prefix once per step and expand
+    its keys/values over the batch instead of recomputing it for every example (same loss and gradients)."""
     inputs, labels, keep = pack_targets(examples)
-    logits = train_logits(judge.model, inputs, judge.pad_id, judge.device, keep).float()  # (B, keep, V)
+    reuse = judge.cfg.reuse_prefix_cache if reuse_prefix is None else reuse_prefix
+    prefix = judge.prompter.prefix_ids
+    if reuse and prefix and all(list(x[:len(prefix)]) == list(prefix) and len(x) > len(prefix) for x in inputs):
+        logits = train_logits_with_prefix(judge.model, prefix, [x[len(prefix):] for x in inputs], judge.pad_id,
+                                          judge.device, keep).float()  # (B, keep, V)
+    else:
+        logits = train_logits(judge.model, inputs, judge.pad_id, judge.device, keep).float()  # (B, keep, V)
     labels = labels.to(logits.device)
     loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE)
     first = torch.tensor([keep - len(t) for _, t in examples], device=logits.device)
