@@ -159,7 +159,9 @@ def test_resume_truncation_keeps_other_phases(tmp_path):
         logger.log({"loss": 1.0}, s, prefix="judge")
     for s in range(1, 4):
         logger.log({"reward_mean": 0.5}, s)
+        logger.log({"em_flexible": 0.1}, s, prefix="eval")  # eval rows count RL steps: no phase of their own
     logger.truncate_after(2)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r.get("phase") == "judge"] == [0, 1, 2, 3, 4]
     assert [r["step"] for r in rows if "reward_mean" in r] == [1, 2]
+    assert [r["step"] for r in rows if "eval/em_flexible" in r] == [1, 2]

@@ -21,6 +21,10 @@ def _clean(v: Any) -> Any:
     return v
 
 
+# prefixes whose rows are counted in RL steps (eval after step N); any other prefix is a phase with its own steps
+RL_STEP_PREFIXES = ("eval",)
+
+
 class MetricsLogger:
     def __init__(self, run_dir: Path, cfg: LoggingConfig, config_dict: Dict[str, Any], name: Optional[str] = None):
         self.path = Path(run_dir) / "metrics.jsonl"
@@ -53,8 +57,10 @@ class MetricsLogger:
         atomic_write_text(self.path, "".join(line + "\n" for line in keep))
 
     def log(self, metrics: Dict[str, Any], step: int, prefix: str = "") -> None:
-        """One row; ``prefix`` names a phase with its own step counter (keys become ``<prefix>/<key>``)."""
-        row: Dict[str, Any] = {"step": step, **({"phase": prefix} if prefix else {}),
+        """One row; keys become ``<prefix>/<key>``. A prefix other than those in RL_STEP_PREFIXES names a phase with
+        its own step counter (judge training): its rows are marked ``"phase": prefix``."""
+        phase = prefix if prefix and prefix not in RL_STEP_PREFIXES else ""
+        row: Dict[str, Any] = {"step": step, **({"phase": phase} if phase else {}),
                                **{(f"{prefix}/{k}" if prefix else k): _clean(v) for k, v in metrics.items()}}
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
@@ -63,7 +69,7 @@ class MetricsLogger:
         if self._wandb is not None:
             # wandb's own step may only grow, but a phase (judge training) restarts at 0: every key gets its phase's
             # step as its x-axis (train/step or <prefix>/step) and wandb keeps counting calls.
-            axis = f"{prefix or 'train'}/step"
+            axis = f"{phase or 'train'}/step"
             for key in [axis] + [k for k in numeric if k not in self._axes]:
                 if key not in self._axes:
                     self._wandb.define_metric(key, **({} if key == axis else {"step_metric": axis}))
