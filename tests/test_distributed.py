@@ -282,3 +282,40 @@ def test_deepspeed_accumulates_micro_batches_exactly(stage):
         assert r["steps"] == [1, 1] and r["skipped"] == 0 and r["grad_max"] > 1e-3, r
         assert r["grad_diff"] < 1e-5 and r["stat_diff"] < 1e-5, (agg, r)
     assert res["nan"] == {"steps": [2, 1], "skipped": 1.0, "optimizer_steps": 1.0, "grad_diff": 0.0}, res["nan"]
+
+
+def _group_timeout_worker(rank: int, init_file: str, out_dir: str) -> None:
+    import datetime
+
+    import torch.distributed as dist
+    from deepspeed.utils import groups
+
+    from rlhf.engine.deepspeed_setup import timed_world_group_clone
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2,
+                            timeout=datetime.timedelta(seconds=60))
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend="gloo")  # wraps the existing process group, as deepspeed.initialize does
+    timed_world_group_clone(2, 2.0)
+    group = groups._clone_world_group()  # what DeepSpeed reduces gradients over
+    assert group is groups._WORLD_GROUP
+    if rank == 1:
+        time.sleep(10)  # a hung peer (then it leaves without joining the collective)
+        return
+    t0 = time.time()
+    try:
+        torch.distributed.all_reduce(torch.ones(1), group=group)
+        outcome = "completed"
+    except RuntimeError as e:
+        outcome = f"error after {time.time() - t0:.1f} s: {e}"
+    Path(out_dir, "rank0.txt").write_text(outcome)
+
+
+def test_deepspeed_world_group_clone_carries_the_timeout(tmp_path):
+    """DeepSpeed's own clone of the world group would get torch's 30-minute default timeout; ours must apply."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_group_timeout_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    outcome = (tmp_path / "rank0.txt").read_text()
+    assert outcome.startswith("error after") and float(outcome.split()[2]) < 6, outcome

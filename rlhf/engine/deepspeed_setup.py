@@ -101,6 +101,22 @@ class _Out(NamedTuple):
     values: Optional[torch.Tensor]
 
 
+def timed_world_group_clone(world_size: int, timeout_s: float) -> None:
+    """DeepSpeed reduces gradients over its own clone of the world group, which it creates with torch's default
+    timeout (30 minutes) rather than the world group's: a hung peer would hold the other ranks there for half an
+    hour. Creating that clone first, with hardware.dist_timeout_s, makes DeepSpeed's collectives fail in time too."""
+    import datetime
+
+    from deepspeed.utils import groups
+
+    if not hasattr(groups, "_WORLD_GROUP"):
+        log.warning("this DeepSpeed has no groups._WORLD_GROUP: its collectives keep torch's default timeout")
+        return
+    if groups._WORLD_GROUP is None:
+        groups._WORLD_GROUP = torch.distributed.new_group(ranks=list(range(world_size)),
+                                                          timeout=datetime.timedelta(seconds=timeout_s))
+
+
 class EngineModule(nn.Module):
     """The module handed to deepspeed.initialize: the policy, with a dict output and ref_logprobs passed through."""
 
@@ -128,6 +144,7 @@ class DeepSpeedRuntime:
         if critic:
             groups.append({"params": critic, "lr": cfg.algo.critic_lr, "name": "critic"})
         self.module = EngineModule(policy)
+        timed_world_group_clone(dist.world_size, cfg.hardware.dist_timeout_s)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(model=self.module, model_parameters=groups,
                                                                   config=self.ds_config)
         inner = getattr(self.engine, "basic_optimizer", None) or self.optimizer.optimizer
