@@ -23,11 +23,16 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> to
     return var
 
 
-def global_mean_var(x: torch.Tensor, mask: torch.Tensor, all_sum: Callable[[torch.Tensor], torch.Tensor]):
-    """masked mean and unbiased variance over the masked entries of every rank (all_sum sums a tensor over ranks)."""
+def global_masked_mean(x: torch.Tensor, mask: torch.Tensor, all_sum: Callable[[torch.Tensor], torch.Tensor]):
+    """(mean over the masked entries of every rank, their count); all_sum sums a tensor over ranks."""
     s = all_sum(torch.stack([(x * mask).sum(), mask.sum()]))
     n = s[1].clamp(min=1.0)
-    mean = s[0] / n
+    return s[0] / n, n
+
+
+def global_mean_var(x: torch.Tensor, mask: torch.Tensor, all_sum: Callable[[torch.Tensor], torch.Tensor]):
+    """masked mean and unbiased variance over the masked entries of every rank (all_sum sums a tensor over ranks)."""
+    mean, n = global_masked_mean(x, mask, all_sum)
     var = all_sum(((x - mean).pow(2) * mask).sum().reshape(1))[0] / n
     return mean, var * n / (n - 1) if float(n) > 1 else var
 

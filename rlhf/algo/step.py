@@ -12,7 +12,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from rlhf.algo.advantages import gae, group_advantages, masked_mean, masked_whiten, token_rewards
+from rlhf.algo.advantages import (gae, global_masked_mean, group_advantages, masked_mean, masked_whiten,
+                                  token_rewards)
 from rlhf.algo.kl import kl_estimate
 from rlhf.algo.losses import aggregate, clipped_policy_loss, clipped_value_loss, truncated_is_weights
 from rlhf.config import AlgoConfig
@@ -138,10 +139,7 @@ def make_experience(policy: Policy, rollout: Rollout, scores: torch.Tensor, cfg:
     engine_lp = rollout.engine_logprobs.to(device) if rollout.engine_logprobs is not None else None
 
     def tmean(x: torch.Tensor) -> float:  # a token mean over the global batch (the same on every rank)
-        if all_sum is None:
-            return float(masked_mean(x, mask))
-        s = all_sum(torch.stack([(x * mask).sum(), mask.sum()]))
-        return float(s[0] / s[1].clamp(min=1.0))
+        return float(masked_mean(x, mask) if all_sum is None else global_masked_mean(x, mask, all_sum)[0])
 
     metrics = {
         # per-sequence KL, summed over tokens, averaged over sequences (NaN: not measured, kl_coef=0)

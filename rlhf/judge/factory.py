@@ -45,7 +45,10 @@ def saved_scorer_in(kind: str, path: Optional[Path]) -> bool:
     """Whether ``path`` holds a complete saved lora_judge / bt_rm (saves are atomic: the meta file means complete)."""
     if path is None or kind not in ("lora_judge", "bt_rm"):
         return False
-    return (Path(path) / ("judge_meta.json" if kind == "lora_judge" else "rm_meta.json")).is_file()
+    from rlhf.judge.lora_judge import META as JUDGE_META
+    from rlhf.reward.bt_rm import META as RM_META
+
+    return (Path(path) / (JUDGE_META if kind == "lora_judge" else RM_META)).is_file()
 
 
 def build_pair_scorer(reward_cfg: RewardConfig, judge_cfg: JudgeConfig, model_cfg: ModelConfig,

@@ -22,6 +22,18 @@ ACTOR_ADAPTER = "default"  # peft's name for the first adapter: the actor's
 JUDGE_ADAPTER = "judge"
 
 
+@contextlib.contextmanager
+def keep_requires_grad(peft_model: nn.Module) -> Iterator[None]:
+    """Restore every parameter's requires_grad flag on exit (peft's set_adapter/load_adapter/add_adapter flip them);
+    parameters created inside the block end frozen."""
+    flags: Dict[nn.Parameter, bool] = {p: p.requires_grad for p in peft_model.parameters()}
+    try:
+        yield
+    finally:
+        for p in peft_model.parameters():
+            p.requires_grad_(flags.get(p, False))
+
+
 def adapter_parameters(peft_model: nn.Module, adapter: str) -> Iterator[nn.Parameter]:
     """The parameters of one named LoRA adapter (peft names them ``...lora_A.<adapter>.weight``)."""
     tag = f".{adapter}."
@@ -52,23 +64,21 @@ class AdapterView:
             finally:
                 self._depth -= 1
             return
-        flags: Dict[nn.Parameter, bool] = {p: p.requires_grad for n, p in self.peft.named_parameters() if ".lora_" in n}
         previous = self.peft.active_adapter
         self._depth = 1
         try:
-            if self.adapter is None:
-                with self.peft.disable_adapter():
-                    yield
-            else:
-                self.peft.set_adapter(self.adapter, inference_mode=not trainable)
-                try:
-                    yield
-                finally:
-                    self.peft.set_adapter(previous, inference_mode=True)
+            with keep_requires_grad(self.peft):
+                if self.adapter is None:
+                    with self.peft.disable_adapter():
+                        yield
+                else:
+                    self.peft.set_adapter(self.adapter, inference_mode=not trainable)
+                    try:
+                        yield
+                    finally:
+                        self.peft.set_adapter(previous, inference_mode=True)
         finally:
             self._depth = 0
-            for p, flag in flags.items():
-                p.requires_grad_(flag)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         with self.active():
@@ -115,20 +125,16 @@ def add_judge_adapter(peft_model: nn.Module, peft_cfg: Any, seed: int) -> Adapte
     """A fresh (frozen until trained) judge adapter on the actor's base; the actor's adapter stays the active one."""
     if JUDGE_ADAPTER in peft_model.peft_config:
         raise ValueError(f"the actor model already has a {JUDGE_ADAPTER!r} adapter")
-    flags = {p: p.requires_grad for p in peft_model.parameters()}
-    with torch.random.fork_rng():
+    with keep_requires_grad(peft_model), torch.random.fork_rng():  # the new (judge) weights end frozen
         torch.manual_seed(seed)
         peft_model.add_adapter(JUDGE_ADAPTER, peft_cfg)
-    for p in peft_model.parameters():
-        p.requires_grad_(flags.get(p, False))  # new (judge) weights frozen, everything else as before
     return AdapterView(peft_model, JUDGE_ADAPTER)
 
 
 def load_judge_adapter(peft_model: nn.Module, path: str | Path) -> AdapterView:
     """A saved lora_judge adapter loaded next to the actor's, frozen."""
-    flags = {p: p.requires_grad for p in peft_model.parameters()}
-    peft_model.load_adapter(str(path), adapter_name=JUDGE_ADAPTER, is_trainable=False)
-    peft_model.set_adapter(ACTOR_ADAPTER)
-    for p in peft_model.parameters():
-        p.requires_grad_(flags.get(p, False))
+    with keep_requires_grad(peft_model):
+        peft_model.load_adapter(str(path), adapter_name=JUDGE_ADAPTER, is_trainable=False)
+        if peft_model.active_adapter != ACTOR_ADAPTER:
+            peft_model.set_adapter(ACTOR_ADAPTER)
     return AdapterView(peft_model, JUDGE_ADAPTER)

@@ -70,10 +70,9 @@ class MetricsLogger:
             # wandb's own step may only grow, but a phase (judge training) restarts at 0: every key gets its phase's
             # step as its x-axis (train/step or <prefix>/step) and wandb keeps counting calls.
             axis = f"{phase or 'train'}/step"
-            for key in [axis] + [k for k in numeric if k not in self._axes]:
-                if key not in self._axes:
-                    self._wandb.define_metric(key, **({} if key == axis else {"step_metric": axis}))
-                    self._axes.add(key)
+            for key in [k for k in [axis, *numeric] if k not in self._axes]:
+                self._wandb.define_metric(key, **({} if key == axis else {"step_metric": axis}))
+                self._axes.add(key)
             self._wandb.log({**numeric, axis: step})
         if self._tb is not None:
             for k, v in numeric.items():

@@ -144,7 +144,7 @@ def build_judge_reward(cfg: Config, context: Any) -> JudgeReward:
     scorer = build_pair_scorer(cfg.reward, judge_cfg, cfg.model, hw, checkpoint=checkpoint, seed=cfg.seed,
                                train_dir=in_run if needs_training else None, dataset_cfg=cfg.dataset, log_fn=sink,
                                share_with=share_with, tokenizer=getattr(context, "tokenizer", None))
-    if isinstance(device, torch.device) and device.type != "cpu" and share_with is None:
+    if isinstance(device, torch.device) and device.type != "cpu":  # (a judge on a shared model is there already)
         if hasattr(scorer, "model"):
             scorer.model.to(device)
             scorer.device = device
