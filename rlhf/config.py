@@ -7,6 +7,7 @@ batch sizes that do not divide) live in ``validate`` and raise ``ConfigError`` w
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Dict, List, Optional
 
@@ -161,8 +162,12 @@ class AlgoConfig:
     whiten_advantages: bool = True
     # grpo: divide group-centred rewards by the group std
     scale_by_std: bool = True
-    # token_mean | seq_mean
+    # token_mean | seq_mean | seq_mean_token_sum_norm (Dr. GRPO: each reply's token sum / a constant, mean over replies)
     loss_agg: str = "token_mean"
+    # seq_mean_token_sum_norm's constant divisor (0: generation.max_new_tokens)
+    loss_norm_tokens: int = 0
+    # dual-clip PPO (Ye et al. 2020): for A < 0 the per-token loss is capped at -A * c; 0 disables, 3 is the usual c
+    dual_clip_c: float = 0.0
     # KL to the reference policy
     kl_coef: float = 0.05
     kl_estimator: str = "k1"  # k1 | k2 | k3
@@ -240,16 +245,6 @@ class Config:
     run_dir: Optional[str] = None  # null: Hydra's output dir
 
 
-GROUPS = {
-    "model": ModelConfig,
-    "dataset": DatasetConfig,
-    "reward": RewardConfig,
-    "judge": JudgeConfig,
-    "algo": AlgoConfig,
-    "hardware": HardwareConfig,
-}
-
-
 def register_configs() -> None:
     cs = ConfigStore.instance()
     # The top-level schema types every group node, so each conf/<group>/*.yaml is validated when merged onto it.
@@ -265,7 +260,7 @@ CHOICES = {
     "reward.judge_signal": ("pointwise", "pairwise"),
     "judge.mode": ("pairwise", "pointwise"),
     "algo.name": ("ppo", "grpo"),
-    "algo.loss_agg": ("token_mean", "seq_mean"),
+    "algo.loss_agg": ("token_mean", "seq_mean", "seq_mean_token_sum_norm"),
     "algo.kl_estimator": ("k1", "k2", "k3"),
     "algo.kl_in": ("reward", "loss"),
     "algo.kl_controller": ("fixed", "adaptive"),
@@ -283,69 +278,134 @@ POSITIVE = [
     "algo.lr", "algo.critic_lr", "algo.prompts_per_step", "algo.samples_per_prompt", "algo.minibatch_size", "algo.epochs",
     "algo.kl_target", "algo.kl_horizon", "generation.max_new_tokens", "generation.eval_batch_size",
     "generation.eval_max_new_tokens", "steps", "keep_checkpoints", "max_bad_steps", "hardware.vllm_sync_timeout_s",
-    "hardware.dist_timeout_s",
+    "hardware.dist_timeout_s", "model.tiny.hidden_size", "model.tiny.intermediate_size", "model.tiny.num_hidden_layers",
+    "model.tiny.num_attention_heads", "model.tiny.num_key_value_heads", "model.tiny.max_position_embeddings",
 ]
 NON_NEGATIVE = [
-    "model.lora.dropout", "dataset.seed", "judge.num_demos", "judge.margin", "judge.lora_layers", "algo.weight_decay", "algo.max_grad_norm",
+    "model.lora.dropout", "judge.num_demos", "judge.margin", "judge.lora_layers", "algo.weight_decay", "algo.max_grad_norm",
     "algo.warmup_steps", "algo.clip_eps", "algo.value_clip_eps", "algo.vf_coef", "algo.entropy_coef", "algo.kl_coef",
     "algo.tis_cap", "generation.temperature", "generation.top_k", "eval_every", "save_every", "num_eval",
-    "hardware.num_threads", "reward.format_bonus",
+    "hardware.num_threads", "reward.format_bonus", "seed", "dataset.seed", "judge.demo_seed",
 ]
 UNIT_INTERVAL = ["algo.gamma", "algo.lam", "generation.top_p", "hardware.vllm_gpu_memory_utilization"]
 
 
+_ABSENT = object()
+
+
 def _get(cfg: Any, dotted: str) -> Any:
     for part in dotted.split("."):
-        cfg = getattr(cfg, part)
+        cfg = getattr(cfg, part, _ABSENT)
+        if cfg is _ABSENT:
+            return _ABSENT
     return cfg
 
 
-def validate(cfg: Config) -> Config:
-    """Checks values that types cannot express. Raises ConfigError('<key>: ...') on the first bad one."""
+def _non_finite(obj: Any, prefix: str = "") -> List[str]:
+    """Dotted keys of every float in a (nested) dataclass that is inf or nan: never a valid setting."""
+    bad: List[str] = []
+    if is_dataclass(obj):
+        for f in fields(obj):
+            bad += _non_finite(getattr(obj, f.name), f"{prefix}{f.name}.")
+    elif isinstance(obj, float) and not math.isfinite(obj):
+        bad.append(prefix[:-1])
+    return bad
+
+
+def config_errors(cfg: Any) -> List[str]:
+    """Every value that types cannot reject, as '<dotted key>: <what is wrong>' lines (empty: the config is fine).
+
+    Works on the training Config and on any config object that holds some of its groups (rlhf.evaluate's): keys whose
+    group the object does not have are skipped."""
+    errors: List[str] = []
+    has = lambda key: _get(cfg, key) is not _ABSENT  # noqa: E731
+    for key in _non_finite(cfg):
+        errors.append(f"{key}: must be a finite number, got {_get(cfg, key)!r}")
+    bad_keys = {e.split(":")[0] for e in errors}
     for key, allowed in CHOICES.items():
-        value = _get(cfg, key)
-        if value not in allowed:
-            raise ConfigError(f"{key}: {value!r} is not one of {list(allowed)}")
+        if has(key) and _get(cfg, key) not in allowed:
+            errors.append(f"{key}: {_get(cfg, key)!r} is not one of {list(allowed)}")
     for key in POSITIVE:
-        if not _get(cfg, key) > 0:
-            raise ConfigError(f"{key}: must be > 0, got {_get(cfg, key)!r}")
+        if has(key) and key not in bad_keys and not _get(cfg, key) > 0:
+            errors.append(f"{key}: must be > 0, got {_get(cfg, key)!r}")
     for key in NON_NEGATIVE:
-        if _get(cfg, key) < 0:
-            raise ConfigError(f"{key}: must be >= 0, got {_get(cfg, key)!r}")
+        if has(key) and key not in bad_keys and _get(cfg, key) < 0:
+            errors.append(f"{key}: must be >= 0, got {_get(cfg, key)!r}")
     for key in UNIT_INTERVAL:
-        if not 0.0 <= _get(cfg, key) <= 1.0:
-            raise ConfigError(f"{key}: must be in [0, 1], got {_get(cfg, key)!r}")
-    if cfg.judge.num_demos > 6:
-        raise ConfigError(f"judge.num_demos: must be between 0 and 6, got {cfg.judge.num_demos}")
-    a = cfg.algo
-    samples = a.prompts_per_step * a.samples_per_prompt
-    if samples % a.minibatch_size != 0:
-        raise ConfigError(
-            f"algo.minibatch_size: {a.minibatch_size} must divide prompts_per_step*samples_per_prompt = {samples}"
-        )
-    if a.micro_batch_size < 0 or (a.micro_batch_size and a.minibatch_size % a.micro_batch_size != 0):
-        raise ConfigError(
-            f"algo.micro_batch_size: {a.micro_batch_size} must be 0 (= minibatch_size) or divide minibatch_size = "
-            f"{a.minibatch_size}"
-        )
-    if a.name == "grpo" and a.samples_per_prompt < 2:
-        raise ConfigError("algo.samples_per_prompt: grpo needs at least 2 samples per prompt to form a group")
-    d = cfg.dataset
-    if d.min_steps < 1 or d.max_steps < d.min_steps:
-        raise ConfigError(f"dataset.max_steps: need 1 <= min_steps <= max_steps, got {d.min_steps}..{d.max_steps}")
-    if d.min_number < 0 or d.max_number <= d.min_number:
-        raise ConfigError(f"dataset.max_number: need 0 <= min_number < max_number, got {d.min_number}..{d.max_number}")
-    bad_ops = set(d.operations) - {"add", "sub", "mul", "div"}
-    if bad_ops or not d.operations:
-        raise ConfigError(f"dataset.operations: unknown {sorted(bad_ops)}; allowed add, sub, mul, div")
-    if cfg.resume not in (None, "auto") and not str(cfg.resume).strip():
-        raise ConfigError("resume: empty string; use null, auto or a checkpoint path")
-    if cfg.hardware.dtype == "float16" and cfg.hardware.device == "cpu":
-        raise ConfigError("hardware.dtype: float16 is not supported on cpu; use float32 or bfloat16")
-    if cfg.judge.share_base:
+        if has(key) and key not in bad_keys and not 0.0 <= _get(cfg, key) <= 1.0:
+            errors.append(f"{key}: must be in [0, 1], got {_get(cfg, key)!r}")
+    if has("generation") and "generation.top_p" not in bad_keys and cfg.generation.top_p == 0:
+        errors.append("generation.top_p: must be in (0, 1]; 0 keeps no token (use 1.0 to disable nucleus sampling)")
+    if has("judge") and not 0 <= cfg.judge.num_demos <= 6:
+        errors.append(f"judge.num_demos: must be between 0 and 6, got {cfg.judge.num_demos}")
+    if has("model"):
+        t = cfg.model.tiny
+        if t.num_attention_heads > 0 and t.hidden_size % t.num_attention_heads:
+            errors.append(f"model.tiny.num_attention_heads: {t.num_attention_heads} does not divide "
+                          f"model.tiny.hidden_size = {t.hidden_size}")
+        elif t.num_key_value_heads > 0 and t.num_attention_heads % t.num_key_value_heads:
+            errors.append(f"model.tiny.num_key_value_heads: {t.num_key_value_heads} does not divide "
+                          f"model.tiny.num_attention_heads = {t.num_attention_heads}")
+    if has("algo"):
+        errors += _algo_errors(cfg.algo, bad_keys)
+    if has("dataset"):
+        errors += _dataset_errors(cfg.dataset)
+    if has("resume") and cfg.resume not in (None, "auto") and not str(cfg.resume).strip():
+        errors.append("resume: empty string; use null, auto or a checkpoint path")
+    if has("hardware") and cfg.hardware.dtype == "float16" and cfg.hardware.device == "cpu":
+        errors.append("hardware.dtype: float16 is not supported on cpu; use float32 or bfloat16")
+    if has("judge") and has("reward") and has("algo") and cfg.judge.share_base:
         why = share_base_obstacle(cfg)
         if why:
-            raise ConfigError(f"judge.share_base: true is not possible here: {why}")
+            errors.append(f"judge.share_base: true is not possible here: {why}")
+    return errors
+
+
+def _algo_errors(a: "AlgoConfig", bad_keys: set) -> List[str]:
+    errors: List[str] = []
+    if any(k in bad_keys for k in ("algo.prompts_per_step", "algo.samples_per_prompt", "algo.minibatch_size")):
+        return errors
+    if a.prompts_per_step > 0 and a.samples_per_prompt > 0 and a.minibatch_size > 0:
+        samples = a.prompts_per_step * a.samples_per_prompt
+        if samples % a.minibatch_size != 0:
+            errors.append(f"algo.minibatch_size: {a.minibatch_size} must divide prompts_per_step*samples_per_prompt = "
+                          f"{samples}")
+        if a.micro_batch_size < 0 or (a.micro_batch_size and a.minibatch_size % a.micro_batch_size != 0):
+            errors.append(f"algo.micro_batch_size: {a.micro_batch_size} must be 0 (= minibatch_size) or divide "
+                          f"minibatch_size = {a.minibatch_size}")
+    if a.name == "grpo" and a.samples_per_prompt < 2:
+        errors.append("algo.samples_per_prompt: grpo needs at least 2 samples per prompt to form a group")
+    if a.dual_clip_c != 0 and not a.dual_clip_c > 1:
+        errors.append(f"algo.dual_clip_c: must be 0 (off) or > 1 (e.g. 3), got {a.dual_clip_c!r}")
+    if a.loss_agg == "seq_mean_token_sum_norm" and a.loss_norm_tokens < 0:
+        errors.append(f"algo.loss_norm_tokens: must be >= 0, got {a.loss_norm_tokens}")
+    return errors
+
+
+# datasets that are generated here and read no file: a dataset.path for them would be silently ignored
+GENERATED_DATASETS = ("synthetic_math", "synthetic_prefs")
+
+
+def _dataset_errors(d: "DatasetConfig") -> List[str]:
+    errors: List[str] = []
+    if d.min_steps < 1 or d.max_steps < d.min_steps:
+        errors.append(f"dataset.max_steps: need 1 <= min_steps <= max_steps, got {d.min_steps}..{d.max_steps}")
+    if d.min_number < 0 or d.max_number <= d.min_number:
+        errors.append(f"dataset.max_number: need 0 <= min_number < max_number, got {d.min_number}..{d.max_number}")
+    bad_ops = set(d.operations) - {"add", "sub", "mul", "div"}
+    if bad_ops or not d.operations:
+        errors.append(f"dataset.operations: unknown {sorted(bad_ops)}; allowed add, sub, mul, div")
+    if d.path and d.name in GENERATED_DATASETS:
+        errors.append(f"dataset.path: dataset {d.name} is generated here and reads no file; drop dataset.path or pick a "
+                      "file-backed dataset (gsm8k, hh_rlhf, hh_rationales, rewardbench)")
+    return errors
+
+
+def validate(cfg: Any) -> Any:
+    """Checks values that types cannot express. Raises ConfigError with every bad value, one '<key>: ...' per line."""
+    errors = config_errors(cfg)
+    if errors:
+        raise ConfigError("\n".join(errors))
     return cfg
 
 
@@ -364,7 +424,10 @@ def to_config(cfg: DictConfig | Config) -> Config:
     """DictConfig (from Hydra) -> validated Config dataclass instance."""
     obj = OmegaConf.to_object(cfg) if isinstance(cfg, DictConfig) else cfg
     assert is_dataclass(obj)
-    return validate(obj)
+    validate(obj)
+    if obj.algo.loss_norm_tokens == 0:  # Dr. GRPO's constant: the generation budget
+        obj.algo.loss_norm_tokens = obj.generation.max_new_tokens
+    return obj
 
 
 def as_dict(obj: Any) -> Any:

@@ -8,40 +8,63 @@ from __future__ import annotations
 
 import logging
 import sys
+import traceback
 from pathlib import Path
+from typing import List, NoReturn, Optional
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from rlhf.config import ConfigError, register_configs, to_config
-from rlhf.engine.checkpoint import resolve_resume
-from rlhf.engine.distributed import check_world_config
+from rlhf.engine.distributed import world_config_errors
+from rlhf.preflight import input_errors, one_line
 from rlhf.report.io import atomic_write_text
 
 log = logging.getLogger("rlhf")
 register_configs()
 
 
+def fail(lines: List[str], code: int = 2, run_dir: Optional[Path] = None, detail: str = "") -> NoReturn:
+    """Print each problem as one `error:` line (and append them, plus `detail`, to the run dir's train.log); exit."""
+    for line in lines:
+        print(f"error: {line}", file=sys.stderr)
+    if run_dir is None and HydraConfig.initialized():
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+    if run_dir is not None and run_dir.is_dir():
+        with open(run_dir / "train.log", "a") as f:
+            f.writelines(f"error: {line}\n" for line in lines)
+            f.write(detail)
+    sys.exit(code)
+
+
+# what the project raises for bad input while a run starts (a file, a path, a checkpoint, a rubric): one line, exit 2
+STARTUP_ERRORS = (ConfigError, FileNotFoundError, NotADirectoryError, ValueError, KeyError, OSError)
+
+
 @hydra.main(version_base=None, config_path="../conf", config_name="config")
 def main(dcfg: DictConfig) -> float:
+    missing = [k for k in ("output",) if k in dcfg and OmegaConf.is_missing(dcfg, k)]
+    if missing:
+        fail([f"{k}: missing mandatory value" for k in missing])
     try:
         cfg = to_config(dcfg)
-        check_world_config(cfg)  # batch sizes vs. the launcher's world size
     except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        sys.exit(2)
+        fail(str(e).splitlines())
+    errors = input_errors(cfg)
+    if not errors:
+        errors = world_config_errors(cfg)  # batch sizes vs. the launcher's world size
+    if errors:
+        fail(errors)
     run_dir = Path(cfg.run_dir or HydraConfig.get().runtime.output_dir)
-    if cfg.resume not in (None, "auto"):
-        try:
-            resolve_resume(cfg.resume, run_dir)  # fail fast, in one line, on a path that is not a complete checkpoint
-        except FileNotFoundError as e:
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
     atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(dcfg, resolve=True))
     from rlhf.trainer import StopTraining, Trainer
 
-    trainer = Trainer(cfg, run_dir)
+    try:
+        trainer = Trainer(cfg, run_dir)
+    except STARTUP_ERRORS as e:
+        fail([f"{one_line(e)} (while starting; traceback in {run_dir / 'train.log'})"], run_dir=run_dir,
+             detail=traceback.format_exc())
     try:
         summary = trainer.train()
     except StopTraining as e:

@@ -194,3 +194,81 @@ def test_micro_weights_global_token_share():
     w, _ = micro_weights(mask, _chunks(2, 1), "seq_mean", all_sum, world_size=2)
     # 3 non-empty sequences over 2 ranks -> 1.5 per rank: each of this rank's two weighs 1/1.5
     assert w == pytest.approx([2 / 3, 2 / 3])
+
+
+# ------------------------------------------------------------------ regressions found against verl / OpenRLHF / TRL
+def test_equal_rewards_give_exactly_zero_advantage():
+    # 0.7 is not dyadic: in float32 the group mean of eight 0.7s is not 0.7, and dividing the leftover by a std of
+    # ~1e-8 gave +-0.056 per token (up to 0.64 for other values): noise on groups that carry no signal.
+    scores = torch.full((8,), 0.7, dtype=torch.float64)
+    g32 = scores.float()
+    old_way = (g32 - g32.mean()) / (g32.std() + 1e-6)
+    assert old_way.abs().max() > 1e-3, "the float32 computation no longer shows the bug; pick another value"
+    assert torch.equal(group_advantages(scores, 8), torch.zeros(8))
+    # one flat group next to one with signal: only the flat one is zeroed, the other is untouched
+    mixed = torch.cat([torch.full((4,), 1.2), t([1.2, 0.2, 0.2, 1.2])])
+    adv = group_advantages(mixed, 4)
+    assert torch.equal(adv[:4], torch.zeros(4))
+    assert torch.allclose(adv[4:], t([0.866025, -0.866025, -0.866025, 0.866025]), atol=1e-5)
+    assert adv.dtype == torch.float32
+
+
+def test_grpo_kl_in_reward_shapes_scores_before_group_normalisation():
+    from rlhf.algo.step import compute_advantages
+    from rlhf.config import AlgoConfig
+
+    cfg = AlgoConfig(name="grpo", kl_in="reward", kl_estimator="k1", scale_by_std=False, whiten_advantages=False)
+    scores = t([1.0, 0.0])
+    mask = t([[1.0, 1.0], [1.0, 1.0]])
+    ref = torch.zeros(2, 2)
+    old = t([[0.2, 0.2], [0.0, 0.1]])  # k1 = old - ref: summed KL 0.4 and 0.1
+    # kl_coef .5: shaped scores 1 - .2 = .8 and 0 - .05 = -.05; group mean .375 -> advantages +-.425 (vs +-.5 without)
+    adv, _, _ = compute_advantages(cfg, scores, mask, old, ref, None, 2, kl_coef=0.5)
+    assert torch.allclose(adv, t([[0.425, 0.425], [-0.425, -0.425]]), atol=1e-6)
+    adv0, _, _ = compute_advantages(cfg, scores, mask, old, ref, None, 2, kl_coef=0.0)
+    assert torch.allclose(adv0, t([[0.5, 0.5], [-0.5, -0.5]]))
+    # kl_in=loss leaves the advantages alone (the loss carries the KL)
+    loss_cfg = AlgoConfig(name="grpo", kl_in="loss", kl_estimator="k1", scale_by_std=False, whiten_advantages=False)
+    assert torch.equal(compute_advantages(loss_cfg, scores, mask, old, ref, None, 2, kl_coef=0.5)[0], adv0)
+
+
+def test_value_clip_frac_ignores_rounding():
+    # bf16: old + (V - old) != V by one rounding step although |V - old| = .169 < eps = .2; nothing was clipped
+    old = t([[0.1513671875]], dtype=torch.bfloat16)
+    v = t([[-0.0179443359375]], dtype=torch.bfloat16)
+    ret = t([[-0.083984375]], dtype=torch.bfloat16)
+    v_clip = old + (v - old).clamp(-0.2, 0.2)
+    assert not torch.equal(v_clip, v) and (v_clip - ret).pow(2) > (v - ret).pow(2), "no rounding case any more"
+    _, stats = clipped_value_loss(v, old, ret, torch.ones(1, 1), 0.2)
+    assert stats["value_clip_frac"].item() == 0.0
+    # a real clip still counts: V moved by .5 > .2 towards the return 1: (.2 - 1)^2 = .64 > (.5 - 1)^2 = .25
+    _, stats = clipped_value_loss(t([[0.5]]), t([[0.0]]), t([[1.0]]), torch.ones(1, 1), 0.2)
+    assert stats["value_clip_frac"].item() == 1.0
+
+
+def test_dual_clip_caps_negative_advantage_tokens():
+    # ratios 5, 5, 0.5 with A = -1, +1, -2; eps .2, c = 3
+    # tok1: max(5, 1.2) = 5 -> capped at -A*c = 3; tok2: max(-5, -1.2) = -1.2 (A > 0: untouched);
+    # tok3: max(1, 1.6) = 1.6 < cap 6 -> 1.6
+    logp = torch.log(t([[5.0, 5.0, 0.5]]))
+    adv = t([[-1.0, 1.0, -2.0]])
+    mask = torch.ones(1, 3)
+    loss, stats = clipped_policy_loss(logp, torch.zeros(1, 3), adv, mask, 0.2, dual_clip_c=3.0)
+    assert loss.item() == pytest.approx((3.0 - 1.2 + 1.6) / 3, abs=1e-6)
+    assert stats["dual_clip_frac"].item() == pytest.approx(1 / 3)
+    plain, _ = clipped_policy_loss(logp, torch.zeros(1, 3), adv, mask, 0.2)
+    assert plain.item() == pytest.approx((5.0 - 1.2 + 1.6) / 3, abs=1e-6)
+    # the capped token gets no gradient (constant cap), as in verl's dual-clip
+    lp = logp.clone().requires_grad_(True)
+    clipped_policy_loss(lp, torch.zeros(1, 3), adv, mask, 0.2, dual_clip_c=3.0)[0].backward()
+    assert lp.grad[0, 0].item() == 0.0
+
+
+def test_dr_grpo_constant_normaliser_aggregation():
+    # per-token losses [1,2,3] and [4] (3 pads), constant 4: (6/4 + 4/4) / 2 = 1.25 (a per-reply mean would give 1.5)
+    loss = t([[1.0, 2.0, 3.0], [4.0, 9.0, 9.0]])
+    mask = t([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    assert aggregate(loss, mask, "seq_mean_token_sum_norm", 4).item() == pytest.approx(1.25)
+    assert aggregate(loss, mask, "seq_mean").item() == pytest.approx(3.0)
+    with pytest.raises(ValueError, match="loss_norm_tokens"):
+        aggregate(loss, mask, "seq_mean_token_sum_norm", 0)

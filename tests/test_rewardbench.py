@@ -66,7 +66,8 @@ def test_synthetic_subsets_map_to_sections_by_observed_counts():
 
 
 def test_bad_line_reports_line_number():
-    with pytest.raises(ValueError, match=r":3: missing field 'score_chosen'"):
+    culprit = r"^scores: \S*rewardbench_scores_bad.jsonl line 3: missing field 'score_chosen'$"
+    with pytest.raises(ValueError, match=culprit):
         rb.read_score_file(str(FIX / "rewardbench_scores_bad.jsonl"))
 
 

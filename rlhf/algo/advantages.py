@@ -96,13 +96,23 @@ def group_advantages(
     """GRPO: (r - mean(group)) / (std(group) + eps) per prompt group; rows i*G .. i*G+G-1 form group i.
 
     std is the unbiased sample std (Bessel), as in the GRPO paper's reference code. A group whose rewards are all
-    equal gets advantage 0 everywhere (no signal, no NaN). With scale_by_std=False only the mean is removed
-    (Dr. GRPO).
+    equal gets advantage exactly 0 (no signal, no NaN, no rounding noise: the statistics are taken in float64 and a
+    group with max == min is zeroed). With scale_by_std=False only the mean is removed (Dr. GRPO).
+    Returns float32 (the dtype of the rest of the update).
     """
     if scores.numel() % group_size != 0:
         raise ValueError(f"algo.samples_per_prompt: {scores.numel()} rewards do not split into groups of {group_size}")
-    grouped = scores.view(-1, group_size).float()
+    grouped = scores.reshape(-1, group_size).double()
     centred = grouped - grouped.mean(dim=1, keepdim=True)
     if scale_by_std:
         centred = centred / (grouped.std(dim=1, keepdim=True) + eps)
-    return centred.view(-1)
+    flat = grouped.amax(dim=1, keepdim=True) == grouped.amin(dim=1, keepdim=True)
+    centred = centred.masked_fill(flat, 0.0)
+    return centred.reshape(-1).float()
+
+
+def kl_shaped_scores(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl_coef: float) -> torch.Tensor:
+    """Sequence scores with the KL penalty folded in: r - kl_coef * sum_t kl_t (GRPO/RLOO-style kl_in=reward).
+
+    Applied before group normalisation, as verl does for its outcome-reward estimators."""
+    return scores - kl_coef * (kl * mask).sum(-1).to(scores.dtype)

@@ -12,8 +12,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from rlhf.algo.advantages import (gae, global_masked_mean, group_advantages, masked_mean, masked_whiten,
-                                  token_rewards)
+from rlhf.algo.advantages import (gae, global_masked_mean, group_advantages, kl_shaped_scores, masked_mean,
+                                  masked_whiten, token_rewards)
 from rlhf.algo.kl import kl_estimate
 from rlhf.algo.losses import aggregate, clipped_policy_loss, clipped_value_loss, truncated_is_weights
 from rlhf.config import AlgoConfig
@@ -56,7 +56,7 @@ def micro_size(cfg: AlgoConfig) -> int:
 SumFn = Callable[[torch.Tensor], torch.Tensor]  # sums a tensor over data-parallel ranks
 
 # minibatch_loss stats that are token means whatever algo.loss_agg is (the rest follow loss_agg)
-TOKEN_MEAN_STATS = ("clip_frac", "approx_kl", "value_clip_frac")
+TOKEN_MEAN_STATS = ("clip_frac", "approx_kl", "value_clip_frac", "dual_clip_frac")
 
 
 def micro_weights(mask: torch.Tensor, chunks: List[slice], loss_agg: str, all_sum: Optional[SumFn] = None,
@@ -101,6 +101,8 @@ def compute_advantages(
         rewards = token_rewards(scores, kl, mask, penalty)
         advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
     else:
+        if cfg.kl_in == "reward" and kl_coef > 0:
+            scores = kl_shaped_scores(scores, kl, mask, kl_coef)
         seq_adv = group_advantages(scores, group_size, scale_by_std=cfg.scale_by_std)
         advantages, returns = seq_adv.unsqueeze(1) * mask, None
     if cfg.whiten_advantages:
@@ -163,20 +165,21 @@ def minibatch_loss(policy: Policy, mb: Experience, cfg: AlgoConfig, kl_coef: flo
     if cfg.tis_cap > 0 and mb.engine_logprobs is not None:
         is_w = truncated_is_weights(mb.old_logprobs, mb.engine_logprobs, cfg.tis_cap)
     pg_loss, pg_stats = clipped_policy_loss(out.logprobs, mb.old_logprobs, mb.advantages, mb.mask, cfg.clip_eps,
-                                            cfg.loss_agg, is_w)
+                                            cfg.loss_agg, is_w, cfg.dual_clip_c, cfg.loss_norm_tokens)
     loss = pg_loss
     stats = {"policy_loss": pg_loss.detach(), **pg_stats}
     if cfg.kl_in == "loss" and kl_coef > 0:
-        kl_loss = aggregate(kl_estimate(out.logprobs, mb.ref_logprobs, cfg.kl_estimator), mb.mask, cfg.loss_agg)
+        kl_loss = aggregate(kl_estimate(out.logprobs, mb.ref_logprobs, cfg.kl_estimator), mb.mask, cfg.loss_agg,
+                            cfg.loss_norm_tokens)
         loss = loss + kl_coef * kl_loss
         stats["kl_loss"] = kl_loss.detach()
-    entropy = aggregate(out.entropy, mb.mask, cfg.loss_agg)
+    entropy = aggregate(out.entropy, mb.mask, cfg.loss_agg, cfg.loss_norm_tokens)
     stats["entropy"] = entropy.detach()
     if cfg.entropy_coef > 0:
         loss = loss - cfg.entropy_coef * entropy
     if out.values is not None and mb.returns is not None:
         v_loss, v_stats = clipped_value_loss(out.values, mb.old_values, mb.returns, mb.mask, cfg.value_clip_eps,
-                                             cfg.loss_agg)
+                                             cfg.loss_agg, cfg.loss_norm_tokens)
         loss = loss + cfg.vf_coef * v_loss
         stats.update({"value_loss": v_loss.detach(), **v_stats})
     stats["loss"] = loss.detach()

@@ -17,6 +17,7 @@ import datasets
 
 from rlhf.config import DatasetConfig
 from rlhf.dataset.synthetic_math import SPLITS, generate_problems
+from rlhf.report.io import read_text_file
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ def validate_rows(ds: datasets.Dataset, name: str) -> None:
 
 def _diagnose_json(path: Path, name: str) -> None:
     """After a failed load of a json(l) file, find the offending row ourselves so the error can name it."""
-    text = path.read_text()
+    text = read_text_file(path, "dataset.path")
     try:
         data = json.loads(text)
     except json.JSONDecodeError:
@@ -81,12 +82,18 @@ def _load_file(cfg: DatasetConfig, split: str) -> datasets.Dataset:
         raise ValueError(f"dataset.path: {path} has an unsupported extension; use one of {sorted(FILE_BUILDERS)}")
     if not path.is_file():
         raise FileNotFoundError(f"dataset.path: {path} does not exist")
+    if builder == "json" and not read_text_file(path, "dataset.path").strip():
+        raise ValueError(f"dataset.path: {path} has no rows (empty file)")
     try:
-        return datasets.load_dataset(builder, data_files=str(path), split="train")
-    except Exception:
+        ds = datasets.load_dataset(builder, data_files=str(path), split="train")
+    except Exception as e:
         if builder == "json":
             _diagnose_json(path, cfg.name)  # raises with a row index when it finds the culprit
-        raise
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise ValueError(f"dataset.path: {path} could not be read as {builder} ({first})") from None
+    if len(ds) == 0:
+        raise ValueError(f"dataset.path: {path} has no rows")
+    return ds
 
 
 def _load_gsm8k(cfg: DatasetConfig, split: str) -> datasets.Dataset:

@@ -210,7 +210,7 @@ def _read_local(path: str) -> List[Dict[str, Any]]:
         return data
     from rlhf.report.io import read_jsonl
 
-    return read_jsonl(p)
+    return read_jsonl(p, "dataset.path")
 
 
 def _read_source(cfg: DatasetConfig, split: str) -> List[Dict[str, Any]]:

@@ -76,25 +76,33 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def check_world_config(cfg: Config, world_size: Optional[int] = None) -> None:
-    """Start-up checks that need the world size. Raises ConfigError('<key>: ...')."""
+def world_config_errors(cfg: Config, world_size: Optional[int] = None) -> List[str]:
+    """Start-up checks that need the world size, as '<key>: ...' lines."""
     world = env_world()[1] if world_size is None else world_size
     hw, a = cfg.hardware, cfg.algo
+    errors = []
     if hw.deepspeed_offload and hw.deepspeed_stage == 0:
-        raise ConfigError("hardware.deepspeed_offload: needs hardware.deepspeed_stage 2 or 3 (e.g. hardware=zero3_offload)")
+        errors.append("hardware.deepspeed_offload: needs hardware.deepspeed_stage 2 or 3 (e.g. hardware=zero3_offload)")
     if hw.deepspeed_stage and hw.rollout != "hf":
-        raise ConfigError(f"hardware.rollout: {hw.rollout!r} is not supported with DeepSpeed yet; use hf")
+        errors.append(f"hardware.rollout: {hw.rollout!r} is not supported with DeepSpeed yet; use hf")
     if world > 1 and hw.deepspeed_stage == 0:
-        raise ConfigError(f"hardware.deepspeed_stage: {world} processes were launched (WORLD_SIZE={world}) but the "
-                          "plain torch path is single-process; use hardware=zero2, zero3 or zero3_offload")
+        errors.append(f"hardware.deepspeed_stage: {world} processes were launched (WORLD_SIZE={world}) but the "
+                      "plain torch path is single-process; use hardware=zero2, zero3 or zero3_offload")
     if a.prompts_per_step % world:
-        raise ConfigError(f"algo.prompts_per_step: {a.prompts_per_step} (global) must be divisible by the world size "
-                          f"{world}")
+        errors.append(f"algo.prompts_per_step: {a.prompts_per_step} (global) must be divisible by the world size {world}")
     if a.minibatch_size % world:
-        raise ConfigError(f"algo.minibatch_size: {a.minibatch_size} (global) must be divisible by the world size {world}")
+        errors.append(f"algo.minibatch_size: {a.minibatch_size} (global) must be divisible by the world size {world}")
     if a.micro_batch_size % world:
-        raise ConfigError(f"algo.micro_batch_size: {a.micro_batch_size} (global) must be divisible by the world size "
-                          f"{world}")
+        errors.append(f"algo.micro_batch_size: {a.micro_batch_size} (global) must be divisible by the world size "
+                      f"{world}")
+    return errors
+
+
+def check_world_config(cfg: Config, world_size: Optional[int] = None) -> None:
+    """world_config_errors as a ConfigError (one line per problem)."""
+    errors = world_config_errors(cfg, world_size)
+    if errors:
+        raise ConfigError("\n".join(errors))
 
 
 @dataclass

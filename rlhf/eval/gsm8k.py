@@ -163,7 +163,8 @@ def run_task(cfg) -> Tuple[Dict[str, Any], str]:
 
     if cfg.limit < 0:
         raise ValueError(f"limit: must be >= 0, got {cfg.limit}")
-    rows = read_jsonl(cfg.predictions)
+    # missing, undecodable or empty files and lines that are not JSON objects fail naming the key, file and line
+    rows = read_jsonl(cfg.predictions, what="predictions")
     if cfg.limit:
         rows = rows[: cfg.limit]
     results = score_predictions(rows)

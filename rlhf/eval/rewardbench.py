@@ -83,6 +83,12 @@ def section_of(subset: str) -> Optional[str]:
     return None
 
 
+def _shown(names: Sequence[str], at_most: int = 5) -> str:
+    """A few names for a message: 'a', 'b' and 3 more."""
+    more = f" and {len(names) - at_most} more" if len(names) > at_most else ""
+    return ", ".join(repr(n) for n in names[:at_most]) + more
+
+
 def subset_accuracies(rows: Iterable[Mapping[str, Any]]) -> Tuple[Dict[str, float], Dict[str, int]]:
     """(accuracy in [0, 1] per subset, row count per subset), subsets in first-seen order."""
     totals: Dict[str, float] = OrderedDict()
@@ -138,7 +144,8 @@ def score_records(rows: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
     prior = sections.get(PRIOR)
     unmapped = [s for s in accs if section_of(s) is None]
     if unmapped:
-        log.warning("rewardbench: subsets %s belong to no section; reported but not weighted", unmapped)
+        log.warning("rewardbench: %d subset(s) belong to no section, reported but not weighted: %s", len(unmapped),
+                    _shown(unmapped))
     return {
         "subsets": {s: 100.0 * a for s, a in accs.items()},
         "counts": counts,
@@ -187,34 +194,43 @@ def preference_markdown(results: Mapping[str, Any]) -> str:
 
 
 # -------------------------------------------------------------------------------------------------------------- input
-def read_score_file(path: str) -> List[Dict[str, Any]]:
-    """JSONL lines {subset, score_chosen, score_rejected}; a missing or non-numeric field fails with the line number."""
+def _is_finite_number(value: Any) -> bool:
+    # bool is an int subclass in Python: JSON true/false are not scores
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def read_score_file(path: str, what: str = "scores") -> List[Dict[str, Any]]:
+    """JSONL lines {subset, score_chosen, score_rejected}.
+
+    Fails with one line naming ``what`` (the config key), the file and, for a bad line, its line number: a missing,
+    undecodable or empty file, a line that is not a JSON object, a missing field, a subset that is not a string, a
+    score that is not a finite number (strings, true/false, NaN and Infinity are refused)."""
     import json
 
+    from rlhf.report.io import read_text_file
+
     rows: List[Dict[str, Any]] = []
-    with open(path) as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(obj, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object")
-            for key in REQUIRED_SCORE_FIELDS:
-                if key not in obj or obj[key] is None or obj[key] == "":
-                    raise ValueError(f"{path}:{lineno}: missing field '{key}'")
-            for key in ("score_chosen", "score_rejected"):
-                try:
-                    value = float(obj[key])
-                except (TypeError, ValueError):
-                    raise ValueError(f"{path}:{lineno}: field '{key}' is not a number: {obj[key]!r}") from None
-                if math.isnan(value):
-                    raise ValueError(f"{path}:{lineno}: field '{key}' is NaN")
-            rows.append(obj)
+    for lineno, line in enumerate(read_text_file(path, what).splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{what}: {path} line {lineno}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
+        if not isinstance(obj, dict):
+            raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+        for key in REQUIRED_SCORE_FIELDS:
+            if key not in obj or obj[key] is None or obj[key] == "":
+                raise ValueError(f"{where}: missing field '{key}'")
+        if not isinstance(obj["subset"], str):
+            raise ValueError(f"{where}: field 'subset' must be a string, got {json.dumps(obj['subset'])}")
+        for key in ("score_chosen", "score_rejected"):
+            if not _is_finite_number(obj[key]):
+                raise ValueError(f"{where}: field '{key}' must be a finite number, got {json.dumps(obj[key])}")
+        rows.append(obj)
     if not rows:
-        raise ValueError(f"{path}: no score lines")
+        raise ValueError(f"{what}: {path} has no rows (empty file)")
     return rows
 
 
@@ -234,17 +250,30 @@ def model_score_rows(cfg: Any) -> List[Dict[str, Any]]:
             for s, c, r in zip(data["subset"], sc, sr)]
 
 
-def _rows_for(cfg: Any) -> List[Dict[str, Any]]:
+def _rows_for(cfg: Any) -> Tuple[List[Dict[str, Any]], str]:
+    """(score rows, where they came from: the culprit named in errors)."""
     if cfg.scores:
-        return read_score_file(cfg.scores)
-    return model_score_rows(cfg)
+        return read_score_file(cfg.scores), f"scores: {cfg.scores}"
+    rows = model_score_rows(cfg)
+    source = f"dataset.name: {cfg.dataset.name}"
+    if not rows:
+        raise ValueError(f"{source}: the test split has no pairs to score")
+    return rows, source
 
 
 def run_task(cfg: Any) -> Tuple[Dict[str, Any], str]:
-    results = score_records(_rows_for(cfg))
+    """task=rewardbench. Subsets outside every section are reported but not weighted (a warning names them); when no
+    subset belongs to a section there is no score to report, and that fails naming them."""
+    rows, source = _rows_for(cfg)
+    subsets = list(OrderedDict.fromkeys(str(r["subset"]) for r in rows))
+    if all(section_of(s) is None for s in subsets):
+        raise ValueError(f"{source}: no subset belongs to a RewardBench section (unknown subsets: {_shown(subsets)}); "
+                         "task=preference gives plain accuracy for any subset")
+    results = score_records(rows)
     return results, markdown_table(results)
 
 
 def run_preference_task(cfg: Any) -> Tuple[Dict[str, Any], str]:
-    results = preference_accuracy(_rows_for(cfg))
+    rows, _ = _rows_for(cfg)
+    results = preference_accuracy(rows)
     return results, preference_markdown(results)

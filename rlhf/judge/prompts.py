@@ -202,11 +202,11 @@ def load_demo_pool(cfg: JudgeConfig, dataset_cfg: Optional[Any] = None, n: int =
     if cfg.demo_path:
         from rlhf.report.io import read_jsonl
 
-        rows = read_jsonl(cfg.demo_path)
+        rows = read_jsonl(cfg.demo_path, "judge.demo_path")
         for i, r in enumerate(rows):
             for f in ("prompt", "chosen", "rejected"):
                 if not isinstance(r.get(f), str) or not r[f].strip():
-                    raise ValueError(f"judge.demo_path row {i}: missing field '{f}'")
+                    raise ValueError(f"judge.demo_path: {cfg.demo_path} row {i}: missing field '{f}'")
         return rows
     from rlhf.config import DatasetConfig
     from rlhf.dataset.prefs import demo_pool_rows

@@ -29,15 +29,33 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    """Reads a JSONL file; a malformed line fails with its line number."""
+def read_text_file(path: str | Path, what: str = "file") -> str:
+    """The text of a UTF-8 file; a missing, unreadable or undecodable file fails with one line naming it."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise FileNotFoundError(f"{what}: {p} does not exist" if p.exists() is False else f"{what}: {p} is not a file")
+    try:
+        return p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{what}: {p} is not UTF-8 text (undecodable byte at offset {e.start})") from None
+    except OSError as e:
+        raise ValueError(f"{what}: {p} cannot be read ({e.strerror})") from None
+
+
+def read_jsonl(path: str | Path, what: str = "file", allow_empty: bool = False) -> list[dict]:
+    """Reads a JSONL file of objects; a malformed line fails with the file and its line number, an empty file (no
+    rows) fails unless allow_empty. `what` names the config key or role in messages (e.g. "judge.demo_path")."""
     rows = []
-    with open(path) as f:
-        for i, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+    for i, line in enumerate(read_text_file(path, what).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{what}: {path} line {i}: not valid JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{what}: {path} line {i}: expected a JSON object, got {type(row).__name__}")
+        rows.append(row)
+    if not rows and not allow_empty:
+        raise ValueError(f"{what}: {path} has no rows (empty file)")
     return rows

@@ -1,0 +1,133 @@
+"""Start-up checks of everything a run reads, before it writes anything or loads a model.
+
+`input_errors(cfg)` returns every problem at once as one line each, '<key>: <what is wrong>' (the config's own values,
+then the files and paths the config names: dataset files, model dirs, reward/judge checkpoints, the judge rubric and
+demonstrations, the resume checkpoint). The entry points print them and exit 2; a run that passes can still fail later,
+but not on input a cheap look could have refused.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, List
+
+from rlhf.config import Config, ConfigError, config_errors
+
+JUDGE_REWARDS = ("rubric_judge", "lora_judge")
+MATH_DATASETS = ("synthetic_math", "gsm8k")
+PREFERENCE_DATASETS = ("synthetic_prefs", "hh_rlhf", "hh_rationales", "rewardbench")
+
+
+def looks_local(name: str) -> bool:
+    """A model name that can only mean a local path (a hub id is 'org/name', never absolute or dotted-relative)."""
+    return name.startswith(("/", "./", "../", "~")) or name in (".", "..") or os.path.exists(os.path.expanduser(name))
+
+
+def safetensors_errors(files: List[Path], key: str) -> List[str]:
+    """Each safetensors file must have a readable header whose tensors fit in the file (a truncated copy does not)."""
+    from safetensors import safe_open
+
+    errors = []
+    for f in files:
+        try:
+            with safe_open(str(f), framework="pt") as handle:
+                handle.keys()
+        except Exception as e:  # safetensors raises its own SafetensorError, or OSError for unreadable files
+            errors.append(f"{key}: {f} is not a readable safetensors file ({str(e).splitlines()[0][:120]})")
+    return errors
+
+
+def model_errors(cfg: Config) -> List[str]:
+    m = cfg.model
+    if m.source != "hf" or not looks_local(m.name_or_path):
+        return []
+    path = Path(m.name_or_path).expanduser()
+    if not path.is_dir():
+        return [f"model.name_or_path: local path {path} does not exist (a hub id looks like 'org/name')"]
+    if not (path / "config.json").is_file():
+        return [f"model.name_or_path: {path} has no config.json (not a transformers model directory)"]
+    if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
+        return [f"model.name_or_path: {path} has no tokenizer files (tokenizer.json / tokenizer_config.json)"]
+    return safetensors_errors(sorted(path.glob("*.safetensors")), "model.name_or_path")
+
+
+def dataset_errors(cfg: Config) -> List[str]:
+    """RL trains on prompts with reference answers: a math dataset, read in full now so a bad row is found here."""
+    d = cfg.dataset
+    if d.name in PREFERENCE_DATASETS:
+        return [f"dataset: {d.name} is a preference-pair dataset; RL trains on prompts from {list(MATH_DATASETS)} "
+                "(preference datasets train judges and reward models)"]
+    if d.name != "gsm8k" or not d.path:
+        return []  # synthetic data is generated; a hub dataset is fetched by the run
+    from rlhf.dataset.math_data import load_math_split
+
+    errors = []
+    for split in ("train", "test"):
+        try:
+            load_math_split(d, split)
+        except (FileNotFoundError, ValueError, KeyError) as e:
+            line = one_line(e)
+            if not line.startswith("dataset.path"):
+                line = f"dataset.path: {d.path.replace('{split}', split)}: {line}"
+            if line not in errors:
+                errors.append(line)
+    return errors
+
+
+def judge_errors(cfg: Config) -> List[str]:
+    if cfg.reward.name not in JUDGE_REWARDS + ("bt_rm",):
+        return []
+    errors: List[str] = []
+    if cfg.reward.name in JUDGE_REWARDS:
+        from rlhf.judge.prompts import load_demo_pool, parse_rubric
+
+        errors += _collect(lambda: parse_rubric(cfg.judge.rubric))
+        if cfg.judge.demo_path:
+            errors += _collect(lambda: load_demo_pool(cfg.judge))
+    if cfg.reward.checkpoint:
+        path = Path(cfg.reward.checkpoint).expanduser()
+        if not path.is_dir():
+            errors.append(f"reward.checkpoint: {path} does not exist")
+        elif cfg.reward.name != "rubric_judge":
+            from rlhf.judge.lora_judge import META as JUDGE_META
+            from rlhf.reward.bt_rm import META as RM_META
+
+            meta = JUDGE_META if cfg.reward.name == "lora_judge" else RM_META
+            if not (path / meta).is_file():
+                errors.append(f"reward.checkpoint: {path} has no {meta} (not a {cfg.reward.name} checkpoint)")
+            errors += safetensors_errors(sorted(path.rglob("*.safetensors")), "reward.checkpoint")
+    return errors
+
+
+def resume_errors(cfg: Config) -> List[str]:
+    if cfg.resume in (None, "auto"):
+        return []
+    path = Path(cfg.resume).expanduser()
+    if not (path / "COMPLETE").is_file():
+        return [f"resume: {path} is not a complete checkpoint (no COMPLETE marker)"]
+    return safetensors_errors(sorted(path.rglob("*.safetensors")), "resume")
+
+
+def _collect(check: Callable[[], object]) -> List[str]:
+    try:
+        check()
+    except (ConfigError, FileNotFoundError, ValueError, KeyError) as e:
+        return [one_line(e)]
+    return []
+
+
+def one_line(e: BaseException) -> str:
+    """The message of an exception as one line (KeyError quotes its message; drop that)."""
+    text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+    return " ".join(str(text).split()) or type(e).__name__
+
+
+def input_errors(cfg: Config) -> List[str]:
+    """Every problem with the config's values and the inputs it names; [] when the run may start."""
+    errors = config_errors(cfg)
+    if errors:  # file checks on top of impossible values would mostly repeat them
+        return errors
+    for check in (model_errors, dataset_errors, judge_errors, resume_errors):
+        errors += check(cfg)
+    return errors

@@ -1,0 +1,166 @@
+"""Bad input to `rlhf.train` fails at start-up in one line per problem, naming the key (and the file), with nothing
+of ours written. In-process over the start-up checks (rlhf.preflight) for every class, then a few real CLI runs."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from launch import ROOT, child_env, train_cmd
+from rlhf.config import ConfigError, to_config
+from rlhf.preflight import input_errors
+
+
+def compose(*overrides: str):
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    from rlhf.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        return hydra_compose(config_name="config", overrides=["model=tiny_random", *overrides])
+
+
+def errors_for(*overrides: str) -> list[str]:
+    dcfg = compose(*overrides)
+    try:
+        cfg = to_config(dcfg)
+    except ConfigError as e:
+        return str(e).splitlines()
+    return input_errors(cfg)
+
+
+@pytest.fixture(scope="module")
+def bad(tmp_path_factory) -> Path:
+    """A folder of broken inputs, one per class."""
+    d = tmp_path_factory.mktemp("bad")
+    (d / "empty.jsonl").write_text("")
+    (d / "binary.jsonl").write_bytes(bytes(range(128, 256)) * 3)
+    (d / "no_answer.jsonl").write_text('{"question": "q1", "answer": "1\\n#### 1"}\n{"question": "q2"}\n')
+    (d / "bad_json.jsonl").write_text('{"question": "q1", "answer": "1\\n#### 1"}\n{"question": \n')
+    (d / "demos_missing_field.jsonl").write_text('{"prompt": "p", "chosen": "c"}\n')
+    (d / "model_no_config").mkdir()
+    ck = d / "judge_ckpt"
+    ck.mkdir()
+    (ck / "judge_meta.json").write_text("{}")
+    save_file({"w": torch.zeros(64, 64)}, str(ck / "adapter_model.safetensors"))
+    data = (ck / "adapter_model.safetensors").read_bytes()
+    (ck / "adapter_model.safetensors").write_bytes(data[: len(data) // 2])  # truncated copy
+    (d / "rm_no_meta").mkdir()
+    resume = d / "resume_truncated"
+    (resume / "model").mkdir(parents=True)
+    (resume / "COMPLETE").write_text("2\n")
+    save_file({"w": torch.zeros(64, 64)}, str(resume / "model" / "model.safetensors"))
+    (resume / "model" / "model.safetensors").write_bytes((resume / "model" / "model.safetensors").read_bytes()[:100])
+    (d / "resume_incomplete").mkdir()
+    return d
+
+
+# (overrides with {bad} for the folder above, key the first error line must start with, a fragment it must contain)
+CASES = [
+    # values that passed before and must not
+    (["generation.top_p=0"], "generation.top_p", "(0, 1]"),
+    (["algo.lr=inf"], "algo.lr", "finite"),
+    (["algo.kl_coef=nan"], "algo.kl_coef", "finite"),
+    (["seed=-1"], "seed", ">= 0"),
+    (["dataset.seed=-3"], "dataset.seed", ">= 0"),
+    (["model.tiny.num_attention_heads=3"], "model.tiny.num_attention_heads", "does not divide"),
+    (["model.tiny.num_key_value_heads=3"], "model.tiny.num_key_value_heads", "does not divide"),
+    (["dataset.path={bad}/empty.jsonl"], "dataset.path", "generated here"),
+    (["judge.num_demos=9"], "judge.num_demos", "between 0 and 6"),
+    (["algo.dual_clip_c=0.5"], "algo.dual_clip_c", "> 1"),
+    # data files
+    (["dataset=gsm8k", "dataset.path={bad}/missing.jsonl"], "dataset.path", "missing.jsonl does not exist"),
+    (["dataset=gsm8k", "dataset.path={bad}/empty.jsonl"], "dataset.path", "empty.jsonl has no rows"),
+    (["dataset=gsm8k", "dataset.path={bad}/binary.jsonl"], "dataset.path", "binary.jsonl is not UTF-8"),
+    (["dataset=gsm8k", "dataset.path={bad}/no_answer.jsonl"], "dataset.path", "row 1: missing field 'answer'"),
+    (["dataset=gsm8k", "dataset.path={bad}/bad_json.jsonl"], "dataset.path", "row 1: not valid JSON"),
+    (["dataset=hh_rlhf"], "dataset", "preference-pair dataset"),
+    # model paths: a local path that does not exist must not fall through to hub retries
+    (["model=hf", "model.name_or_path={bad}/no_such_model"], "model.name_or_path", "does not exist"),
+    (["model=hf", "model.name_or_path={bad}/model_no_config"], "model.name_or_path", "no config.json"),
+    # reward / judge inputs
+    (["reward=lora_judge", "model.lora.enabled=true", "reward.checkpoint={bad}/nowhere"], "reward.checkpoint",
+     "does not exist"),
+    (["reward=lora_judge", "model.lora.enabled=true", "reward.checkpoint={bad}/judge_ckpt"], "reward.checkpoint",
+     "adapter_model.safetensors is not a readable safetensors file"),
+    (["reward=bt_rm", "reward.checkpoint={bad}/rm_no_meta"], "reward.checkpoint", "no rm_meta.json"),
+    (["reward=rubric_judge", "judge.rubric='not json'"], "judge.rubric", "not valid JSON"),
+    (["reward=rubric_judge", "judge.rubric='{\"criteria\": \"\"}'"], "judge.rubric", "criteria"),
+    (["reward=rubric_judge", "judge.demo_path={bad}/missing.jsonl"], "judge.demo_path", "does not exist"),
+    (["reward=rubric_judge", "judge.demo_path={bad}/empty.jsonl"], "judge.demo_path", "no rows"),
+    (["reward=rubric_judge", "judge.demo_path={bad}/demos_missing_field.jsonl"], "judge.demo_path",
+     "missing field 'rejected'"),
+    # checkpoints to resume from
+    (["resume={bad}/resume_incomplete"], "resume", "no COMPLETE marker"),
+    (["resume={bad}/resume_truncated"], "resume", "model.safetensors is not a readable safetensors file"),
+]
+
+
+@pytest.mark.parametrize("overrides,key,fragment", CASES, ids=[" ".join(c[0]) for c in CASES])
+def test_bad_input_is_named_at_start_up(bad, overrides, key, fragment):
+    errors = errors_for(*[o.replace("{bad}", str(bad)) for o in overrides])
+    assert errors, "accepted"
+    assert errors[0].startswith(f"{key}:"), errors
+    assert fragment in errors[0], errors
+    assert all("\n" not in e for e in errors)
+
+
+def test_every_bad_value_is_reported_at_once():
+    errors = errors_for("generation.top_p=0", "algo.lr=inf", "seed=-1", "algo.minibatch_size=3")
+    keys = [e.split(":")[0] for e in errors]
+    assert {"generation.top_p", "algo.lr", "seed", "algo.minibatch_size"} <= set(keys), errors
+
+
+def test_good_defaults_have_no_errors():
+    assert errors_for() == []
+    assert errors_for("algo=grpo", "algo.kl_in=reward", "algo.dual_clip_c=3", "algo.loss_agg=seq_mean_token_sum_norm") == []
+
+
+def test_dr_grpo_constant_defaults_to_the_generation_budget():
+    cfg = to_config(compose("algo.loss_agg=seq_mean_token_sum_norm", "generation.max_new_tokens=40"))
+    assert cfg.algo.loss_norm_tokens == 40
+
+
+def run_cli(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
+    return subprocess.run(train_cmd(run_dir, *overrides), cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env=child_env())
+
+
+def test_cli_bad_values_one_line_each_nothing_written(tmp_path):
+    run = tmp_path / "run"
+    proc = run_cli(run, "generation.top_p=0", "algo.lr=inf")
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines == ["error: algo.lr: must be a finite number, got inf",
+                     "error: generation.top_p: must be in (0, 1]; 0 keeps no token (use 1.0 to disable nucleus "
+                     "sampling)"], proc.stderr
+    assert not (run / "config.yaml").exists() and not (run / "metrics.jsonl").exists()
+    assert "error: algo.lr" in (run / "train.log").read_text()  # the same lines in the run dir's log
+
+
+def test_cli_missing_file_is_one_line(tmp_path, bad):
+    proc = run_cli(tmp_path / "run", "dataset=gsm8k", f"dataset.path={bad}/no_answer.jsonl")
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "missing field 'answer'" in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "run" / "config.yaml").exists()
+
+
+def test_cli_error_while_starting_is_one_line_with_the_traceback_in_the_log(tmp_path):
+    # passes every cheap check (config.json and tokenizer_config.json exist) but cannot be loaded
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "llama"}')
+    (model / "tokenizer_config.json").write_text("{}")
+    run = tmp_path / "run"
+    proc = run_cli(run, "model=hf", f"model.name_or_path={model}")
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "while starting" in errors[0], proc.stderr
+    assert "Traceback" in (run / "train.log").read_text()
