@@ -58,7 +58,8 @@ class ModelConfig:
 # ------------------------------------------------------------------------------------------------------------- dataset
 @dataclass
 class DatasetConfig:
-    # synthetic_math | gsm8k | synthetic_prefs | hh_rlhf | hh_rationales | rewardbench
+    # prompts for RL: synthetic_math | gsm8k (math) | synthetic_chat | hh_rlhf (chat);
+    # preference pairs only (judges, reward models): synthetic_prefs | hh_rationales | rewardbench
     name: str = "synthetic_math"
     # Hub id for hub-backed datasets (datasets.load_dataset); ignored by embedded generators.
     hub_id: Optional[str] = None
@@ -254,7 +255,8 @@ def register_configs() -> None:
 # ---------------------------------------------------------------------------------------------------------- validation
 CHOICES = {
     "model.source": ("embedded", "hf", "tiny_random"),
-    "dataset.name": ("synthetic_math", "gsm8k", "synthetic_prefs", "hh_rlhf", "hh_rationales", "rewardbench"),
+    "dataset.name": ("synthetic_math", "gsm8k", "synthetic_chat", "synthetic_prefs", "hh_rlhf", "hh_rationales",
+                     "rewardbench"),
     "reward.name": ("exact_match", "bt_rm", "rubric_judge", "lora_judge"),
     "reward.mode": ("strict", "flexible"),
     "reward.judge_signal": ("pointwise", "pairwise"),
@@ -383,7 +385,7 @@ def _algo_errors(a: "AlgoConfig", bad_keys: set) -> List[str]:
 
 
 # datasets that are generated here and read no file: a dataset.path for them would be silently ignored
-GENERATED_DATASETS = ("synthetic_math", "synthetic_prefs")
+GENERATED_DATASETS = ("synthetic_math", "synthetic_chat", "synthetic_prefs")
 
 
 def _dataset_errors(d: "DatasetConfig") -> List[str]:

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Callable, List
 
 from rlhf.config import Config, ConfigError, config_errors
+from rlhf.judge.prompts import load_demo_pool, parse_rubric
+from rlhf.task import CHAT_TASK_DATASETS, TASK_DATASETS, build_task
 
 JUDGE_REWARDS = ("rubric_judge", "lora_judge")
-MATH_DATASETS = ("synthetic_math", "gsm8k")
-PREFERENCE_DATASETS = ("synthetic_prefs", "hh_rlhf", "hh_rationales", "rewardbench")
 
 
 def looks_local(name: str) -> bool:
@@ -53,19 +53,21 @@ def model_errors(cfg: Config) -> List[str]:
 
 
 def dataset_errors(cfg: Config) -> List[str]:
-    """RL trains on prompts with reference answers: a math dataset, read in full now so a bad row is found here."""
+    """RL trains on a prompt task; a local dataset file is read in full now so a bad row is found here."""
     d = cfg.dataset
-    if d.name in PREFERENCE_DATASETS:
-        return [f"dataset: {d.name} is a preference-pair dataset; RL trains on prompts from {list(MATH_DATASETS)} "
-                "(preference datasets train judges and reward models)"]
-    if d.name != "gsm8k" or not d.path:
-        return []  # synthetic data is generated; a hub dataset is fetched by the run
-    from rlhf.dataset.math_data import load_math_split
-
+    if d.name not in TASK_DATASETS:
+        return [f"dataset: {d.name} is a preference-pair dataset with no prompts to train on; RL runs on "
+                f"{list(TASK_DATASETS)} (preference datasets train and evaluate judges and reward models)"]
     errors = []
+    if d.name in CHAT_TASK_DATASETS and cfg.reward.name == "exact_match":
+        errors.append(f"reward: exact_match grades math answers; dataset={d.name} has chat prompts, scored by a judge "
+                      "or reward model (reward=bt_rm, rubric_judge or lora_judge)")
+    if not d.path:
+        return errors  # generated data needs no check; a hub dataset is fetched by the run
+    task = build_task(d)
     for split in ("train", "test"):
         try:
-            load_math_split(d, split)
+            task.items(split)
         except (FileNotFoundError, ValueError, KeyError) as e:
             line = one_line(e)
             if not line.startswith("dataset.path"):
@@ -80,8 +82,6 @@ def judge_errors(cfg: Config) -> List[str]:
         return []
     errors: List[str] = []
     if cfg.reward.name in JUDGE_REWARDS:
-        from rlhf.judge.prompts import load_demo_pool, parse_rubric
-
         errors += _collect(lambda: parse_rubric(cfg.judge.rubric))
         if cfg.judge.demo_path:
             errors += _collect(lambda: load_demo_pool(cfg.judge))

@@ -74,7 +74,7 @@ def main(dcfg: DictConfig) -> float:
     trainer.dist.close()
     after = summary.get("eval_after", {})
     log.info("run dir: %s", run_dir)
-    return float(after.get("em_flexible", summary["final"].get("reward_mean", 0.0)))
+    return float(after.get(trainer.task.headline, summary["final"].get("reward_mean", 0.0)))
 
 
 if __name__ == "__main__":

@@ -20,14 +20,15 @@ from rlhf.engine.checkpoint import (
 )
 from rlhf.engine.context import TrainContext
 from rlhf.engine.distributed import NullLogger, generate_rollout, init_distributed
-from rlhf.eval.policy_eval import evaluate_policy
 from rlhf.model.load import embedded_model_dir, load_causal_lm
 from rlhf.model.policy import build_policy, count_parameters
 from rlhf.report.io import atomic_write_json
 from rlhf.report.logger import MetricsLogger
 from rlhf.report.plots import plot_metrics
 from rlhf.reward import build_reward
-from rlhf.rollout.base import SamplingParams
+from rlhf.dataset.sampler import PromptSampler
+from rlhf.rollout.base import SamplingParams, greedy_replies
+from rlhf.task import build_task
 from rlhf.train_setup import (
     build_engine, build_optimizer, resolve_device, setup_deepspeed, setup_torch, trainable_params,
 )
@@ -45,9 +46,6 @@ class StopTraining(RuntimeError):
 
 class Trainer:
     def __init__(self, cfg: Config, run_dir: Path):
-        from rlhf.dataset.math_data import load_math_split
-        from rlhf.dataset.sampler import PromptSampler
-
         self.cfg = cfg
         self.dist = init_distributed(cfg.hardware)  # a no-op for a plain single process
         # rank 0's dir: under torchrun each rank's Hydra resolves ${now:} on its own
@@ -62,10 +60,11 @@ class Trainer:
         trainable, total = count_parameters(self.policy.model)
         log.info("policy: %s trainable of %s parameters (%.2f %%)", f"{trainable:,}", f"{total:,}",
                  100 * trainable / max(total, 1))
-        self.train_rows = list(load_math_split(cfg.dataset, "train"))
-        test = list(load_math_split(cfg.dataset, "test"))
-        self.test_rows = test[: cfg.num_eval] if cfg.num_eval else test
-        self.sampler = PromptSampler(len(self.train_rows), cfg.seed)
+        self.task = build_task(cfg.dataset)
+        self.train_items = self.task.items("train")
+        test = self.task.items("test")
+        self.test_items = test[: cfg.num_eval] if cfg.num_eval else test
+        self.sampler = PromptSampler(len(self.train_items), cfg.seed)
         self.params = trainable_params(self.policy)
         self.ds = setup_deepspeed(cfg, self.policy, self.dist) if cfg.hardware.deepspeed_stage else None
         if self.ds is not None:
@@ -154,37 +153,38 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------------- eval
     def evaluate(self, tag: str) -> Dict[str, Any]:
+        """The task's held-out metrics of greedy replies (math: exact match; chat: reward and win rate vs reference)."""
         g = self.cfg.generation
-        with torch.no_grad(), self._generation():  # each rank evaluates its shard of the split
-            res = evaluate_policy(self.engine, self.tokenizer, self.dist.shard(self.test_rows),
-                                  self.cfg.dataset.system_prompt, g.eval_batch_size, g.eval_max_new_tokens,
-                                  self.cfg.logging.progress and self.dist.is_main, f"eval {tag}")
-        res = self.dist.merge_eval(res)
-        summary = {k: res[k] for k in ("n", "em_strict", "em_flexible", "mean_response_tokens")}
-        self.evals[tag] = {**summary, "step": self.step, "examples": res["examples"][:16]}
+        items = self.dist.shard(self.test_items)  # each rank evaluates its shard of the split
+        with torch.no_grad():
+            with self._generation():
+                prompts = [self.task.prompt_text(self.tokenizer, it) for it in items]
+                replies, lengths = greedy_replies(self.engine, prompts, g.eval_batch_size, g.eval_max_new_tokens,
+                                                  self.cfg.logging.progress and self.dist.is_main, f"eval {tag}")
+            scorer = self.reward.score_replies if self.task.kind == "chat" else None
+            res = self.task.metrics(items, replies, lengths, scorer)
+        summary, examples = self.dist.merge_eval(res.summary, res.examples, self.task.mean_keys)
+        self.evals[tag] = {**summary, "step": self.step, "examples": examples[:16]}
         self.logger.log(summary, self.step, prefix="eval")
         if self.dist.is_main:
             atomic_write_json(self.run_dir / "eval.json", self.evals)
-        log.info("eval %s (step %d): EM strict %.3f flexible %.3f on %d problems", tag, self.step,
-                 summary["em_strict"], summary["em_flexible"], summary["n"])
+        log.info("eval %s (step %d) on %d prompts: %s", tag, self.step, summary["n"],
+                 ", ".join(f"{k} {v:.3f}" for k, v in summary.items() if k != "n"))
         return summary
 
     # ------------------------------------------------------------------------------------------------- step
     def train_step(self) -> Dict[str, float]:
         cfg, a, g = self.cfg, self.cfg.algo, self.cfg.generation
-        from rlhf.dataset.chat import format_prompt
-
         t0 = time.perf_counter()
         la = self.dist.local_algo(a)  # per-rank shapes; prompts_per_step / minibatch_size are global
         lo, hi = self.dist.shard_range(a.prompts_per_step)
-        draw = self.sampler.epoch * len(self.train_rows) + self.sampler.pos  # rollout seed input, advances on skips
-        rows = [self.train_rows[i] for i in self.sampler.next_indices(a.prompts_per_step)[lo:hi]]
-        prompts = [format_prompt(self.tokenizer, r["question"], cfg.dataset.system_prompt) for r in rows]
+        draw = self.sampler.epoch * len(self.train_items) + self.sampler.pos  # rollout seed input, advances on skips
+        items = [self.train_items[i] for i in self.sampler.next_indices(a.prompts_per_step)[lo:hi]]
+        prompts = [self.task.prompt_text(self.tokenizer, it) for it in items]
         sampling = SamplingParams(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p,
                                   top_k=g.top_k, n=a.samples_per_prompt, stop=list(g.stop))
         with self._generation():
-            rollout = generate_rollout(self.engine, prompts, sampling,
-                                       [{"question": r["question"], "answer": r["answer"]} for r in rows],
+            rollout = generate_rollout(self.engine, prompts, sampling, [it.meta for it in items],
                                        seed=cfg.seed, step=draw, dist=self.dist, first_index=lo,
                                        per_prompt=cfg.hardware.rollout_seed_per_prompt,
                                        pad_id=self.tokenizer.pad_token_id)
@@ -274,9 +274,9 @@ class Trainer:
         if cfg.logging.plots and self.dist.is_main:
             plot_metrics(self.run_dir / "metrics.jsonl", self.run_dir / "plots.png")
         self.logger.close()
-        summary = {"step": self.step, "checkpoint": str(ckpt), "final": last,
-                   **{f"eval_{k}": {kk: v[kk] for kk in ("em_strict", "em_flexible", "n")} for k, v in self.evals.items()
-                      if k in ("before", "after")}}
+        summary = {"step": self.step, "checkpoint": str(ckpt), "task": self.task.kind, "final": last,
+                   **{f"eval_{k}": {kk: vv for kk, vv in v.items() if kk not in ("examples", "step")}
+                      for k, v in self.evals.items() if k in ("before", "after")}}
         if self.dist.is_main:
             atomic_write_json(self.run_dir / "summary.json", summary)
         return summary

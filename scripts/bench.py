@@ -116,7 +116,7 @@ def main() -> int:
         "epochs": a.epochs, "optimizer_steps_per_rl_step": a.prompts_per_step * a.samples_per_prompt // a.minibatch_size
         * a.epochs, "max_new_tokens": g.max_new_tokens, "temperature": g.temperature, "top_p": g.top_p,
         "top_k": g.top_k, "lr": a.lr, "kl": a.kl_coef, "clip_eps": a.clip_eps, "max_grad_norm": a.max_grad_norm,
-        "adam_betas": [0.9, 0.95], "lr_schedule": "constant", "reward": "rlhf.eval.gsm8k.is_correct(reply, answer, "
+        "adam_betas": [0.9, 0.95], "lr_schedule": "constant", "reward": "rlhf.task.math_grading.is_correct(reply, answer, "
         "'flexible') -> 1.0 / 0.0", "system_prompt": cfg.dataset.system_prompt, "steps_per_run": s["steps"],
         "rlhf_overrides": [o for o in grpo_ovr if not o.startswith(("run_dir=", "hydra."))],
     }

@@ -81,7 +81,7 @@ def render_markdown(r: Dict[str, Any], json_path: Path) -> str:
              f"clip eps {gs['clip_eps']}, KL coefficient {gs['kl']} (TRL's default beta is 0), "
              f"{gs['optimizer_steps_per_rl_step']} optimizer steps of {gs['minibatch_size']} completions per RL "
              f"step, token-mean loss, group-std-scaled advantages, reward = exact match on the last number "
-             f"(`rlhf.eval.gsm8k.is_correct(..., 'flexible')`). Each run is its own process; runs alternate TRL, "
+             f"(`rlhf.task.math_grading.is_correct(..., 'flexible')`). Each run is its own process; runs alternate TRL, "
              f"rlhf, TRL, rlhf...; {gs['steps_per_run']} RL steps per run, the first dropped as warm-up; medians over "
              "the remaining steps of all runs.")
     L.append("")

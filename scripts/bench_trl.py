@@ -44,7 +44,7 @@ def main() -> None:
     import trl
     from trl import GRPOConfig, GRPOTrainer
 
-    from rlhf.eval.gsm8k import is_correct
+    from rlhf.task.math_grading import is_correct
 
     if spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from rlhf.eval.gsm8k import extract_answer, is_correct, reference_answer, run_task, score_predictions
+from rlhf.eval.gsm8k import run_task
+from rlhf.task.math_grading import extract_answer, is_correct, reference_answer, score_predictions
 from rlhf.evaluate import EvaluateConfig
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,7 +8,7 @@ import pytest
 
 from rlhf.config import DatasetConfig, ModelConfig
 from rlhf.dataset import format_prompt, load_math_split
-from rlhf.eval.gsm8k import reference_answer
+from rlhf.task.math_grading import reference_answer
 
 SAMPLE = Path(__file__).resolve().parent / "fixtures" / "gsm8k_sample.jsonl"
 SAMPLE_REFERENCES = ["216", "100", "173", "110", "37500", "-5", "2.25", "240"]

@@ -7,7 +7,7 @@ import pytest
 
 from rlhf.config import DatasetConfig
 from rlhf.dataset.synthetic_math import SINGLE, STEPS, generate_problems, split_of
-from rlhf.eval.gsm8k import extract_answer, reference_answer
+from rlhf.task.math_grading import extract_answer, reference_answer
 
 ALL_OPS = ["add", "sub", "mul", "div"]
 ANNOTATION = re.compile(r"<<(\d+)([-+*/])(\d+)=(\d+)>>(\d+)")

@@ -1,6 +1,7 @@
 """End-to-end runs of `python -m rlhf.train` on a tiny random model, and config validation at start-up."""
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -160,3 +161,27 @@ def test_judge_reward_run_trains_the_judge_then_the_actor(tmp_path, reward):
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r.get("phase") == "judge"] == [r["step"] for r in judge_rows]
     assert [r["step"] for r in rows if "reward_mean" in r] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("dataset,reward,extra", [
+    ("synthetic_chat", "bt_rm", []),
+    ("hh_rlhf", "rubric_judge", ["judge=general_chat", f"dataset.path={ROOT / 'tests/fixtures/hh_rlhf_sample.jsonl'}",
+                                 "reward.judge_signal=pointwise"]),
+])
+def test_rl_on_chat_prompts_with_a_reward_model_or_judge(tmp_path, dataset, reward, extra):
+    """The chat prompt task: RL on conversations scored by a trained BT RM or a rubric judge; held-out metrics are the
+    reward of greedy replies and their win rate against the dataset's reference reply."""
+    run_train(tmp_path, f"dataset={dataset}", f"reward={reward}", "steps=2", "algo.prompts_per_step=2",
+              "algo.samples_per_prompt=2", "algo.minibatch_size=4", "judge.train_steps=2", "judge.batch_size=2",
+              "judge.max_len=384", "num_eval=3", *extra)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["task"] == "chat"
+    for tag in ("eval_before", "eval_after"):
+        ev = summary[tag]
+        assert ev["n"] == 3 and 0.0 <= ev["win_rate"] <= 1.0
+        assert math.isfinite(ev["reward_mean"]) and math.isfinite(ev["reference_reward_mean"])
+    steps = [r for r in (json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines())
+             if "reward_mean" in r]
+    assert len(steps) == 2 and all("em_flexible" not in r for r in steps)
+    examples = json.loads((tmp_path / "eval.json").read_text())["after"]["examples"]
+    assert examples and {"prompt", "response", "reference", "reward", "reference_reward"} <= set(examples[0])

@@ -79,7 +79,9 @@ CASES = [
     (["dataset=gsm8k", "dataset.path={bad}/binary.jsonl"], "dataset.path", "binary.jsonl is not UTF-8"),
     (["dataset=gsm8k", "dataset.path={bad}/no_answer.jsonl"], "dataset.path", "row 1: missing field 'answer'"),
     (["dataset=gsm8k", "dataset.path={bad}/bad_json.jsonl"], "dataset.path", "row 1: not valid JSON"),
-    (["dataset=hh_rlhf"], "dataset", "preference-pair dataset"),
+    (["dataset=synthetic_prefs"], "dataset", "preference-pair dataset"),
+    (["dataset=synthetic_chat"], "reward", "exact_match grades math answers"),
+    (["dataset=hh_rlhf", "reward=bt_rm", "dataset.path={bad}/empty.jsonl"], "dataset.path", "no rows"),
     # model paths: a local path that does not exist must not fall through to hub retries
     (["model=hf", "model.name_or_path={bad}/no_such_model"], "model.name_or_path", "does not exist"),
     (["model=hf", "model.name_or_path={bad}/model_no_config"], "model.name_or_path", "no config.json"),

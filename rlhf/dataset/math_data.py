@@ -26,6 +26,11 @@ FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 REQUIRED = ("question", "answer")
 
 
+def judge_prompt(question: str, instruction: Optional[str]) -> str:
+    """The prompt a judge sees for a math problem (question plus the policy's answer-format instruction)."""
+    return f"{question}\n{instruction}" if instruction else question
+
+
 def _row_problem(row: Dict[str, Any]) -> Optional[str]:
     for key in REQUIRED:
         value = row.get(key)

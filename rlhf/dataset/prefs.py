@@ -5,6 +5,8 @@ Sources (``dataset.name``):
                    an arithmetic slip, a wrong operation, an evasive refusal, a padded verbose wrong answer, a reply
                    in the wrong format and a correct solution of a different problem. Subsets map onto RewardBench
                    sections (rlhf/eval/rewardbench.py SYNTHETIC_SECTIONS). Seeded; train/test problems disjoint.
+  synthetic_chat   embedded everyday assistant requests: a concrete reference reply versus a refusal, an off-topic,
+                   curt or dismissive reply, or an answer about another topic (rlhf/dataset/synthetic_chat.py).
   hh_rlhf          Anthropic/hh-rlhf: chosen/rejected are full "\\n\\nHuman: ...\\n\\nAssistant: ..." transcripts; the
                    shared prompt (up to the last common "Assistant:" turn) is split off.
   rewardbench      allenai/reward-bench, split "filtered" (prompt, chosen, rejected, subset).
@@ -22,8 +24,10 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from rlhf.config import DatasetConfig
+from rlhf.dataset.math_data import judge_prompt
+from rlhf.dataset.synthetic_chat import synthetic_chat_rows
 
-PREF_DATASETS = ("synthetic_prefs", "hh_rlhf", "rewardbench", "hh_rationales")
+PREF_DATASETS = ("synthetic_prefs", "synthetic_chat", "hh_rlhf", "rewardbench", "hh_rationales")
 ASSISTANT_MARK = "\n\nAssistant:"
 HUMAN_MARK = "\n\nHuman:"
 
@@ -126,11 +130,6 @@ def make_pair(rng: random.Random, p: Dict[str, Any], subset: str, other: Dict[st
     else:
         raise ValueError(f"synthetic_prefs: unknown subset {subset!r}")
     return chosen, rejected
-
-
-def judge_prompt(question: str, instruction: Optional[str]) -> str:
-    """The prompt a judge sees for a math problem (question plus the policy's answer-format instruction)."""
-    return f"{question}\n{instruction}" if instruction else question
 
 
 def _unique_problems(rng: random.Random, n: int, exclude: set, lo: int, hi: int) -> List[Dict[str, Any]]:
@@ -251,6 +250,8 @@ def pref_rows(cfg: DatasetConfig, split: str) -> List[Dict[str, Any]]:
     name = cfg.name
     if name == "synthetic_prefs":
         return synthetic_rows(cfg, split)
+    if name == "synthetic_chat":
+        return synthetic_chat_rows(cfg, split)
     if name not in PREF_DATASETS:
         raise ValueError(f"dataset.name: {name!r} is not a preference dataset ({', '.join(PREF_DATASETS)})")
     raw = _read_source(cfg, split)

@@ -212,15 +212,16 @@ class DistContext:
                 out[k] = float(col.mean())
         return out
 
-    def merge_eval(self, res: Dict[str, Any]) -> Dict[str, Any]:
-        """evaluate_policy results of the rank shards -> the result on the whole split (weighted by rows)."""
+    def merge_eval(self, summary: Dict[str, Any], examples: List[Any], mean_keys: Sequence[str]):
+        """Held-out metrics of the rank shards -> (summary, examples) of the whole split; mean_keys are averaged
+        weighted by each shard's n, n is summed."""
         if not self.active:
-            return res
-        parts = self.all_gather_object(res)
-        n = sum(p["n"] for p in parts)
-        w = [p["n"] / max(n, 1) for p in parts]
-        merged = {k: sum(wi * p[k] for wi, p in zip(w, parts)) for k in ("em_strict", "em_flexible", "mean_response_tokens")}
-        return {"n": n, **merged, "examples": [e for p in parts for e in p["examples"]]}
+            return summary, examples
+        parts = self.all_gather_object((summary, examples))
+        n = sum(p[0]["n"] for p in parts)
+        w = [p[0]["n"] / max(n, 1) for p in parts]
+        merged = {k: sum(wi * p[0][k] for wi, p in zip(w, parts)) for k in mean_keys}
+        return {"n": n, **merged}, [e for p in parts for e in p[1]]
 
     def close(self) -> None:
         """Orderly end of a successful run (after the last collective)."""

@@ -24,6 +24,8 @@ PANELS = [
     ("clip_frac", "clip fraction"),
     ("eval/em_flexible", "test EM (greedy, flexible)"),
     ("eval/em_strict", "test EM (greedy, strict)"),
+    ("eval/win_rate", "held-out win rate vs reference reply"),
+    ("eval/reward_mean", "held-out reward (greedy)"),
 ]
 
 

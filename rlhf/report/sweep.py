@@ -24,8 +24,8 @@ from rlhf.report.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ["job", "overrides", "status", "step", "reward_mean", "kl", "em_flexible", "em_strict", "train_em_flexible",
-           "dir"]
+COLUMNS = ["job", "overrides", "status", "step", "reward_mean", "kl", "em_flexible", "em_strict", "win_rate",
+           "train_em_flexible", "dir"]
 
 
 def _job_dirs(sweep_dir: Path) -> List[Path]:
@@ -70,7 +70,7 @@ def collect_rows(sweep_dir: Path) -> List[Dict[str, Any]]:
             final, after = s.get("final") or {}, s.get("eval_after") or {}
             row.update(status="ok", step=s.get("step"), reward_mean=final.get("reward_mean"), kl=final.get("kl"),
                        em_flexible=after.get("em_flexible"), em_strict=after.get("em_strict"),
-                       train_em_flexible=final.get("em_flexible"))
+                       win_rate=after.get("win_rate"), train_em_flexible=final.get("em_flexible"))
         else:
             row.update(status="failed" if (job / "metrics.jsonl").exists() or (job / "config.yaml").exists()
                        else "not started")
@@ -92,8 +92,8 @@ def write_summary(sweep_dir: Path) -> List[Dict[str, Any]]:
     sweep_dir = Path(sweep_dir)
     rows = collect_rows(sweep_dir)
     keys = [k for k in rows[0] if k not in COLUMNS] if rows else []
-    header = ["job", *keys, "status", "step", "reward_mean", "kl", "em_flexible", "em_strict", "train_em_flexible",
-              "overrides", "dir"]
+    header = ["job", *keys, "status", "step", "reward_mean", "kl", "em_flexible", "em_strict", "win_rate",
+              "train_em_flexible", "overrides", "dir"]
     atomic_write_text(sweep_dir / "summary.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=header, extrasaction="ignore")

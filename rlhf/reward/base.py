@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Protocol
+from typing import Any, Dict, List, Protocol
 
 import torch
 
@@ -19,4 +19,9 @@ class RewardOutput:
 
 class RewardSource(Protocol):
     def score(self, rollout: Rollout) -> RewardOutput:
+        """Rewards (and batch diagnostics) for every sequence of a rollout."""
+        ...
+
+    def score_replies(self, metas: List[Dict[str, Any]], replies: List[str]) -> torch.Tensor:
+        """(B,) rewards of replies to the prompts described by metas (TaskItem.meta): held-out chat metrics."""
         ...

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any, Dict, List
+
 import torch
 
 from rlhf.config import RewardConfig
-from rlhf.eval.gsm8k import extract_answer, is_correct, reference_answer
+from rlhf.task.math_grading import extract_answer, is_correct, reference_answer
 from rlhf.reward.base import RewardOutput
 from rlhf.rollout.base import Rollout
 
@@ -14,14 +16,21 @@ class ExactMatchReward:
     def __init__(self, cfg: RewardConfig):
         self.cfg = cfg
 
-    def score(self, rollout: Rollout) -> RewardOutput:
-        metas = rollout.meta_per_sample()
-        correct = [is_correct(resp, m["answer"], self.cfg.mode) for resp, m in zip(rollout.responses, metas)]
-        formatted = [extract_answer(resp, "strict") is not None for resp in rollout.responses]
+    def _rewards(self, metas: List[Dict[str, Any]], replies: List[str]):
+        correct = [is_correct(resp, m["answer"], self.cfg.mode) for resp, m in zip(replies, metas)]
+        formatted = [extract_answer(resp, "strict") is not None for resp in replies]
         rewards = [
             (self.cfg.correct_reward if c else self.cfg.wrong_reward) + (self.cfg.format_bonus if f else 0.0)
             for c, f in zip(correct, formatted)
         ]
+        return rewards, correct, formatted
+
+    def score_replies(self, metas: List[Dict[str, Any]], replies: List[str]) -> torch.Tensor:
+        return torch.tensor(self._rewards(metas, replies)[0], dtype=torch.float32)
+
+    def score(self, rollout: Rollout) -> RewardOutput:
+        metas = rollout.meta_per_sample()
+        rewards, correct, formatted = self._rewards(metas, rollout.responses)
         strict = [is_correct(r, m["answer"], "strict") for r, m in zip(rollout.responses, metas)]
         flexible = [is_correct(r, m["answer"], "flexible") for r, m in zip(rollout.responses, metas)]
         n = max(len(rewards), 1)
@@ -35,5 +44,3 @@ class ExactMatchReward:
             },
         )
 
-
-__all__ = ["ExactMatchReward", "reference_answer"]

@@ -22,8 +22,10 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from rlhf.config import Config
+from rlhf.dataset.math_data import judge_prompt
 from rlhf.reward.base import RewardOutput
 from rlhf.rollout.base import Rollout
+from rlhf.task.math_grading import is_correct
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,11 @@ _CALC = re.compile(r"<<[^<>]*>>")
 def reference_solution(answer_field: str) -> str:
     """GSM8K answer field -> readable reference solution (calculator annotations <<...>> removed)."""
     return _CALC.sub("", answer_field).strip()
+
+
+def reference_text(meta: Dict[str, Any]) -> str:
+    """What a pairwise judge compares a reply with: the task's reference reply, else the math reference solution."""
+    return str(meta["reference"]) if meta.get("reference") else reference_solution(str(meta["answer"]))
 
 
 def affine(signal: torch.Tensor, scale: float, shift: float) -> torch.Tensor:
@@ -54,29 +61,33 @@ class JudgeReward:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.calls = 0
 
-    def judge_prompts(self, rollout: Rollout) -> List[str]:
-        from rlhf.dataset.prefs import judge_prompt
+    def judge_prompt_of(self, meta: Dict[str, Any]) -> Optional[str]:
+        """The prompt as the judge reads it: the task's judge_prompt, or a math question plus the format instruction."""
+        if meta.get("judge_prompt"):
+            return str(meta["judge_prompt"])
+        if meta.get("question"):
+            return judge_prompt(str(meta["question"]), self.cfg.dataset.system_prompt)
+        return None
 
-        out = []
-        for i, meta in enumerate(rollout.meta_per_sample()):
-            question = meta.get("question")
-            if question:
-                out.append(judge_prompt(str(question), self.cfg.dataset.system_prompt))
-            else:
-                out.append(rollout.prompts[rollout.prompt_index(i)])
-        return out
+    def judge_prompts(self, rollout: Rollout) -> List[str]:
+        return [self.judge_prompt_of(m) or rollout.prompts[rollout.prompt_index(i)]
+                for i, m in enumerate(rollout.meta_per_sample())]
 
     def raw_signal(self, prompts: List[str], responses: List[str], metas: List[Dict[str, Any]]) -> torch.Tensor:
         if self.signal == "rm":
             return self.scorer.score(prompts, responses, batch_size=self.cfg.judge.eval_batch_size)
         if self.signal == "pointwise":
             return self.scorer.pointwise_scores(prompts, responses)
-        missing = [i for i, m in enumerate(metas) if not m.get("answer")]
+        missing = [i for i, m in enumerate(metas) if not (m.get("reference") or m.get("answer"))]
         if missing:
-            raise ValueError(f"reward.judge_signal=pairwise needs rollout.meta[i]['answer'] (reference solution); "
+            raise ValueError(f"reward.judge_signal=pairwise needs a reference reply or answer for every prompt; "
                              f"missing for sample {missing[0]}")
-        refs = [reference_solution(str(m["answer"])) for m in metas]
-        return self.scorer.prob_first_better(prompts, responses, refs)
+        return self.scorer.prob_first_better(prompts, responses, [reference_text(m) for m in metas])
+
+    def score_replies(self, metas: List[Dict[str, Any]], replies: List[str]) -> torch.Tensor:
+        prompts = [self.judge_prompt_of(m) or "" for m in metas]
+        return affine(self.raw_signal(prompts, list(replies), metas).float().cpu(), self.cfg.reward.scale,
+                      self.cfg.reward.shift)
 
     def score(self, rollout: Rollout) -> RewardOutput:
         metas = rollout.meta_per_sample()
@@ -93,8 +104,6 @@ class JudgeReward:
             metrics[f"judge_{k}"] = v
         correct = None
         if metas and all(m.get("answer") for m in metas):
-            from rlhf.eval.gsm8k import is_correct
-
             correct = torch.tensor([is_correct(r, str(m["answer"]), "flexible") for r, m in zip(responses, metas)],
                                    dtype=torch.bool)
             metrics["em_flexible"] = float(correct.float().mean())
@@ -107,7 +116,8 @@ class JudgeReward:
 
     def _log_rationale(self, prompt: str, response: str, meta: Dict[str, Any]) -> None:
         """One generated rationale per call, for inspection only (written to <run_dir>/judge_rationales.jsonl)."""
-        other = reference_solution(str(meta["answer"])) if self.signal == "pairwise" and meta.get("answer") else None
+        other = reference_text(meta) if self.signal == "pairwise" and (meta.get("reference") or meta.get("answer")) \
+            else None
         try:
             text = self.scorer.rationale(prompt, response, other)
         except Exception as e:  # inspection must never break training

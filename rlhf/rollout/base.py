@@ -70,3 +70,18 @@ class RolloutEngine(Protocol):
     def load_weights(self, named_tensors: Iterable[Tuple[str, torch.Tensor]]) -> None:
         """Push the trainer's current (merged) weights; must fail loudly if a weight cannot be applied."""
         ...
+
+
+def greedy_replies(engine: RolloutEngine, prompts: List[str], batch_size: int, max_new_tokens: int,
+                   progress: bool = False, desc: str = "eval") -> Tuple[List[str], List[float]]:
+    """Greedy replies to rendered prompts in batches, with their lengths in tokens (held-out evaluation)."""
+    from tqdm.auto import tqdm
+
+    replies: List[str] = []
+    lengths: List[float] = []
+    sampling = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, n=1)
+    for start in tqdm(range(0, len(prompts), batch_size), desc=desc, disable=not progress, leave=False):
+        rollout = engine.generate(prompts[start: start + batch_size], sampling)
+        replies.extend(rollout.responses)
+        lengths.extend(float(x) for x in rollout.response_lengths.tolist())
+    return replies, lengths

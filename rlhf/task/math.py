@@ -1,0 +1,37 @@
+"""Verifiable math (synthetic_math, gsm8k): prompts are word problems, the reference is the GSM8K answer field, the
+held-out metric is greedy exact match (strict `#### N` and flexible last number)."""
+
+from __future__ import annotations
+
+from typing import List, Optional, Sequence
+
+from rlhf.config import DatasetConfig
+from rlhf.dataset.math_data import judge_prompt, load_math_split
+from rlhf.task.base import PromptTask, ReplyScorer, TaskItem, TaskMetrics
+from rlhf.task.math_grading import score_predictions
+
+
+class MathTask(PromptTask):
+    kind = "math"
+    needs = ("answer",)
+    mean_keys = ("em_strict", "em_flexible", "mean_response_tokens")
+    headline = "em_flexible"
+
+    def __init__(self, cfg: DatasetConfig):
+        super().__init__(cfg.system_prompt)
+        self.cfg = cfg
+        self.name = cfg.name
+
+    def items(self, split: str) -> List[TaskItem]:
+        return [TaskItem(messages=[{"role": "user", "content": r["question"]}],
+                         judge_prompt=judge_prompt(r["question"], self.system_prompt), answer=r["answer"])
+                for r in load_math_split(self.cfg, split)]
+
+    def metrics(self, items: Sequence[TaskItem], replies: List[str], lengths: List[float],
+                scorer: Optional[ReplyScorer] = None) -> TaskMetrics:
+        preds = [{"answer": it.answer, "response": r, "question": it.messages[-1]["content"]}
+                 for it, r in zip(items, replies)]
+        scored = score_predictions(preds)
+        examples = [{**p, **res} for p, res in zip(preds, scored["results"])]
+        return TaskMetrics({"n": scored["n"], "em_strict": scored["em_strict"], "em_flexible": scored["em_flexible"],
+                            "mean_response_tokens": sum(lengths) / max(len(lengths), 1)}, examples)
