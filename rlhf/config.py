@@ -422,6 +422,13 @@ def share_base_obstacle(cfg: Config) -> Optional[str]:
     return None
 
 
+def model_config_from_dict(d: Dict[str, Any]) -> ModelConfig:
+    """A ModelConfig recorded as a plain dict (a saved judge/RM's meta file) -> the dataclass."""
+    d = dict(d)
+    lora, tiny = LoraConfig(**d.pop("lora", {})), TinyModelConfig(**d.pop("tiny", {}))
+    return ModelConfig(**d, lora=lora, tiny=tiny)
+
+
 def to_config(cfg: DictConfig | Config) -> Config:
     """DictConfig (from Hydra) -> validated Config dataclass instance."""
     obj = OmegaConf.to_object(cfg) if isinstance(cfg, DictConfig) else cfg

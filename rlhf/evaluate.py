@@ -27,8 +27,15 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from rlhf.config import (
-    ConfigError, DatasetConfig, GenerationConfig, HardwareConfig, JudgeConfig, ModelConfig, RewardConfig,
-    config_errors, register_configs,
+    ConfigError,
+    DatasetConfig,
+    GenerationConfig,
+    HardwareConfig,
+    JudgeConfig,
+    ModelConfig,
+    RewardConfig,
+    config_errors,
+    register_configs,
 )
 from rlhf.dataset.prefs import PREF_DATASETS
 from rlhf.report.io import atomic_write_json, atomic_write_text

@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import Callable, List
 
 from rlhf.config import Config, ConfigError, config_errors
+from rlhf.engine.checkpoint import refuse_legacy_pickle
+from rlhf.judge.bt_rm import META as RM_META
+from rlhf.judge.lora_judge import META as JUDGE_META
 from rlhf.judge.prompts import load_demo_pool, parse_rubric
 from rlhf.task import CHAT_TASK_DATASETS, TASK_DATASETS, build_task
 
@@ -90,9 +93,6 @@ def judge_errors(cfg: Config) -> List[str]:
         if not path.is_dir():
             errors.append(f"reward.checkpoint: {path} does not exist")
         elif cfg.reward.name != "rubric_judge":
-            from rlhf.judge.lora_judge import META as JUDGE_META
-            from rlhf.reward.bt_rm import META as RM_META
-
             meta = JUDGE_META if cfg.reward.name == "lora_judge" else RM_META
             if not (path / meta).is_file():
                 errors.append(f"reward.checkpoint: {path} has no {meta} (not a {cfg.reward.name} checkpoint)")
@@ -106,7 +106,8 @@ def resume_errors(cfg: Config) -> List[str]:
     path = Path(cfg.resume).expanduser()
     if not (path / "COMPLETE").is_file():
         return [f"resume: {path} is not a complete checkpoint (no COMPLETE marker)"]
-    return safetensors_errors(sorted(path.rglob("*.safetensors")), "resume")
+    return _collect(lambda: refuse_legacy_pickle(path)) + safetensors_errors(sorted(path.rglob("*.safetensors")),
+                                                                             "resume")
 
 
 def _collect(check: Callable[[], object]) -> List[str]:

@@ -10,18 +10,10 @@ from typing import List
 import numpy as np
 import torch
 
-from rlhf.config import AlgoConfig, Config, HardwareConfig
+from rlhf.config import AlgoConfig, Config
 from rlhf.model.policy import Policy
 
 log = logging.getLogger(__name__)
-
-
-def resolve_device(hw: HardwareConfig) -> torch.device:
-    if hw.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if hw.device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("hardware.device: cuda requested but torch.cuda.is_available() is False")
-    return torch.device(hw.device)
 
 
 def seed_everything(seed: int) -> None:

@@ -15,22 +15,32 @@ from tqdm.auto import tqdm
 from rlhf.algo.kl import build_kl_controller
 from rlhf.algo.step import make_experience, update
 from rlhf.config import Config, as_dict
+from rlhf.dataset.sampler import PromptSampler
 from rlhf.engine.checkpoint import (
-    load_trainer_state, load_weights_into, resolve_resume, save_checkpoint, set_rng_state,
+    load_trainer_state,
+    load_weights_into,
+    resolve_resume,
+    save_checkpoint,
+    set_rng_state,
 )
 from rlhf.engine.context import TrainContext
 from rlhf.engine.distributed import NullLogger, generate_rollout, init_distributed
+from rlhf.model.device import resolve_device
 from rlhf.model.load import embedded_model_dir, load_causal_lm
 from rlhf.model.policy import build_policy, count_parameters
 from rlhf.report.io import atomic_write_json
 from rlhf.report.logger import MetricsLogger
 from rlhf.report.plots import plot_metrics
 from rlhf.reward import build_reward
-from rlhf.dataset.sampler import PromptSampler
 from rlhf.rollout.base import SamplingParams, greedy_replies
+from rlhf.rollout.weight_sync import named_weights_for_sync
 from rlhf.task import build_task
 from rlhf.train_setup import (
-    build_engine, build_optimizer, resolve_device, setup_deepspeed, setup_torch, trainable_params,
+    build_engine,
+    build_optimizer,
+    setup_deepspeed,
+    setup_torch,
+    trainable_params,
 )
 
 log = logging.getLogger(__name__)
@@ -145,8 +155,6 @@ class Trainer:
     def _sync_engine(self) -> float:
         if self.cfg.hardware.rollout != "vllm":
             return 0.0
-        from rlhf.rollout.weight_sync import named_weights_for_sync
-
         t0 = time.perf_counter()
         self.engine.load_weights(named_weights_for_sync(self.policy.model))
         return time.perf_counter() - t0

@@ -33,9 +33,34 @@ import time
 from pathlib import Path
 from typing import Any, Dict
 
-from bench_common import (GOAL_MEMORY_RATIO, GOAL_ROLLOUT_RATIO, QUICK, REPEATS, ROOT, SEED, SUITE, VLLM_PY, child_env,
-                          compose, median, model_dir, ratio, rlhf_overrides, run_child, say, sizes, step_prompts)
-from bench_online import equal_time, phase_breakdown, pool, run_rlhf, run_trl, summarize_run
+from bench_common import (
+    GOAL_MEMORY_RATIO,
+    GOAL_ROLLOUT_RATIO,
+    QUICK,
+    REPEATS,
+    ROOT,
+    SEED,
+    SUITE,
+    VLLM_PY,
+    child_env,
+    compose,
+    median,
+    model_dir,
+    ratio,
+    rlhf_overrides,
+    run_child,
+    say,
+    sizes,
+    step_prompts,
+)
+from bench_online import (
+    equal_time,
+    phase_breakdown,
+    pool,
+    run_rlhf,
+    run_trl,
+    summarize_run,
+)
 from bench_report import render_markdown
 from bench_workers import VLLM_SNIPPET, WORKERS, run_worker, vllm_derived
 

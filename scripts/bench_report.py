@@ -7,8 +7,16 @@ import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from bench_common import (GOAL_JUDGE_SPEEDUP, GOAL_MEMORY_RATIO, GOAL_ROLLOUT_RATIO, GOAL_SYNC_S_PER_1B, GOAL_TRL_RATIO,
-                          PHASES, ROOT, SEED)
+from bench_common import (
+    GOAL_JUDGE_SPEEDUP,
+    GOAL_MEMORY_RATIO,
+    GOAL_ROLLOUT_RATIO,
+    GOAL_SYNC_S_PER_1B,
+    GOAL_TRL_RATIO,
+    PHASES,
+    ROOT,
+    SEED,
+)
 
 
 # ---------------------------------------------------------------------------------------------------------- markdown

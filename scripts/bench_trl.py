@@ -37,11 +37,11 @@ def main() -> None:
     t_start = time.perf_counter()
 
     import torch
+    import transformers
+    import trl
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
-    import transformers
-    import trl
     from trl import GRPOConfig, GRPOTrainer
 
     from rlhf.task.math_grading import is_correct

@@ -57,9 +57,9 @@ def progress(tag: str) -> Callable[[Dict[str, float], int], None]:
 
 
 def run_method(name: str, model_cfg: ModelConfig, train_rows: List[Dict[str, Any]]) -> Dict[str, Any]:
+    from rlhf.judge.bt_rm import build_reward_model, train_bt_rm
     from rlhf.judge.lora_judge import build_lora_judge, train_lora_judge
     from rlhf.judge.rubric_judge import build_rubric_judge
-    from rlhf.reward.bt_rm import build_reward_model, train_bt_rm
 
     t0 = time.perf_counter()
     history: List[Dict[str, float]] = []

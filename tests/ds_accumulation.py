@@ -19,6 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import test_update as T  # noqa: E402
+
 from rlhf.algo import step as algo_step  # noqa: E402
 from rlhf.config import Config, HardwareConfig  # noqa: E402
 from rlhf.engine.distributed import init_distributed  # noqa: E402

@@ -6,8 +6,19 @@ import pytest
 import torch
 
 from rlhf.algo.advantages import gae, group_advantages, masked_whiten, token_rewards
-from rlhf.algo.kl import AdaptiveKLController, FixedKLController, build_kl_controller, kl_estimate
-from rlhf.algo.losses import aggregate, clipped_policy_loss, clipped_value_loss, entropy_from_logits, truncated_is_weights
+from rlhf.algo.kl import (
+    AdaptiveKLController,
+    FixedKLController,
+    build_kl_controller,
+    kl_estimate,
+)
+from rlhf.algo.losses import (
+    aggregate,
+    clipped_policy_loss,
+    clipped_value_loss,
+    entropy_from_logits,
+    truncated_is_weights,
+)
 
 t = torch.tensor
 

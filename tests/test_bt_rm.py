@@ -9,10 +9,18 @@ import torch
 
 from rlhf.config import DatasetConfig, JudgeConfig, ModelConfig
 from rlhf.dataset.prefs import pref_rows
-from rlhf.reward.bt_rm import (
-    ADAPTER, BACKBONE, HEAD, bt_loss, build_reward_model, encode_response, last_token_index, load_reward_model,
-    right_pad, train_bt_rm,
+from rlhf.judge.bt_rm import (
+    ADAPTER,
+    BACKBONE,
+    HEAD,
+    bt_loss,
+    build_reward_model,
+    encode_response,
+    last_token_index,
+    load_reward_model,
+    train_bt_rm,
 )
+from rlhf.model.tensors import pad_sequences
 
 TINY = ModelConfig(source="tiny_random")
 
@@ -27,7 +35,7 @@ def test_bt_loss_hand_computed():
 
 
 def test_right_pad_last_token_index():
-    ids, mask = right_pad([[1, 2, 3], [4]], pad_id=0)
+    ids, mask = pad_sequences([[1, 2, 3], [4]], pad_id=0, side="right")
     assert ids.tolist() == [[1, 2, 3], [4, 0, 0]]
     assert last_token_index(mask).tolist() == [2, 0]
 

@@ -37,6 +37,7 @@ from safetensors.torch import load_file
 
 from launch import PY, ROOT, child_env, learning_rows, metric_rows, run_train, train_cmd
 from rlhf.engine.distributed import DistContext, check_world_config, concat_rollouts, free_port
+from rlhf.engine.safe_pickle import check_torch_dir
 
 pytestmark = pytest.mark.distributed
 
@@ -119,6 +120,13 @@ def test_two_ranks_match_single_process(single, zero_runs, tmp_path_factory, nam
     assert plain <= {p.name for p in (run / "checkpoints" / "step_000002").iterdir()}
     assert {p.name for p in (single / "checkpoints" / "step_000002" / "model").iterdir()} == \
         {p.name for p in (run / "checkpoints" / "step_000002" / "model").iterdir()}
+    # no pickle of ours (trainer state and per-rank RNG are JSON + safetensors); DeepSpeed's own .pt files pass the
+    # scan that runs before DeepSpeed unpickles them on resume (its allow-list covers what DeepSpeed writes)
+    ckpt = run / "checkpoints" / "step_000002"
+    names = {p.name for p in ckpt.iterdir()}
+    assert {f"rng_rank{r}.{ext}" for r in range(2) for ext in ("json", "safetensors")} <= names
+    assert not [n for n in names if n.endswith(".pt")]
+    assert len(check_torch_dir(ckpt / "deepspeed")) >= 2
     assert json.loads((run / "eval.json").read_text())["after"]["n"] == 4
     # the plain loader (rlhf.evaluate, single-process resume) reads the DeepSpeed checkpoint's weights
     from rlhf.config import ModelConfig

@@ -8,8 +8,13 @@ from pathlib import Path
 import pytest
 
 from rlhf.eval.gsm8k import run_task
-from rlhf.task.math_grading import extract_answer, is_correct, reference_answer, score_predictions
 from rlhf.evaluate import EvaluateConfig
+from rlhf.task.math_grading import (
+    extract_answer,
+    is_correct,
+    reference_answer,
+    score_predictions,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 PREDICTIONS = ROOT / "tests" / "fixtures" / "gsm8k_predictions.jsonl"

@@ -11,9 +11,15 @@ from omegaconf import OmegaConf
 
 from rlhf.config import ConfigError, JudgeConfig, ModelConfig
 from rlhf.judge import prompts as jp
-from rlhf.judge.engine import PrefixCache, last_logits, left_pad, positions_from_mask
+from rlhf.judge.prefix_forward import PrefixCache, last_logits
 from rlhf.judge.rubric_judge import RubricJudge
-from rlhf.judge.verdict import expected_score, position_bias, symmetric_pairwise, verdict_probs
+from rlhf.judge.verdict import (
+    expected_score,
+    position_bias,
+    symmetric_pairwise,
+    verdict_probs,
+)
+from rlhf.model.tensors import pad_sequences, position_ids_from_mask
 
 CONF = Path(__file__).parent.parent / "conf" / "judge"
 DEMOS = [
@@ -82,9 +88,9 @@ def test_select_demos_seeded_and_balanced():
 
 
 def test_positions_from_left_padded_mask():
-    ids, mask = left_pad([[5, 6, 7], [8]], pad_id=0)
+    ids, mask = pad_sequences([[5, 6, 7], [8]], pad_id=0)
     assert ids.tolist() == [[5, 6, 7], [0, 0, 8]]
-    assert positions_from_mask(mask, offset=10).tolist() == [[10, 11, 12], [10, 10, 10]]
+    assert position_ids_from_mask(mask, offset=10).tolist() == [[10, 11, 12], [10, 10, 10]]
 
 
 def test_verdict_tokens_single_and_lead_shared(tiny):

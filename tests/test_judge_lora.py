@@ -10,7 +10,13 @@ import torch
 from rlhf.config import DatasetConfig, JudgeConfig, ModelConfig
 from rlhf.dataset.prefs import load_pref_split, pref_rows
 from rlhf.judge.lora_judge import (
-    IGNORE, build_lora_judge, load_lora_judge, pack_targets, save_lora_judge, train_lora_judge, training_examples,
+    IGNORE,
+    build_lora_judge,
+    load_lora_judge,
+    pack_targets,
+    save_lora_judge,
+    train_lora_judge,
+    training_examples,
 )
 
 TINY = ModelConfig(source="tiny_random")
@@ -83,8 +89,8 @@ def test_lora_layers_limits_adapter_to_top_layers():
 def test_lora_layers_on_bare_backbone_for_bt_rm():
     import re
 
+    from rlhf.judge.bt_rm import build_reward_model
     from rlhf.judge.lora_judge import target_regex
-    from rlhf.reward.bt_rm import build_reward_model
 
     rx = target_regex(["q_proj", "v_proj"], [28, 29])
     assert re.fullmatch(rx, "model.layers.29.self_attn.q_proj") and re.fullmatch(rx, "layers.28.self_attn.v_proj")
@@ -97,9 +103,9 @@ def test_lora_layers_on_bare_backbone_for_bt_rm():
 @pytest.mark.parametrize("num_demos,rationale", [(2, False), (1, True)])
 def test_prefix_reuse_in_training_gives_the_same_loss_and_gradients(num_demos, rationale):
     """One prefix forward per step, expanded over the batch, equals recomputing the prefix for every example."""
-    from rlhf.judge.lora_judge import judge_step_loss
-
     from dataclasses import replace
+
+    from rlhf.judge.lora_judge import judge_step_loss
 
     cfg = JudgeConfig(num_demos=num_demos, max_len=96, lora=replace(JudgeConfig().lora, dropout=0.0))
     judge = build_lora_judge(TINY, cfg)

@@ -7,10 +7,23 @@ import json
 import pytest
 import torch
 
-from rlhf.config import AlgoConfig, Config, DatasetConfig, HardwareConfig, JudgeConfig, ModelConfig, RewardConfig
+from rlhf.config import (
+    AlgoConfig,
+    Config,
+    DatasetConfig,
+    HardwareConfig,
+    JudgeConfig,
+    ModelConfig,
+    RewardConfig,
+)
 from rlhf.engine.context import TrainContext
 from rlhf.reward import build_reward
-from rlhf.reward.judge_reward import JudgeReward, affine, build_judge_reward, reference_solution
+from rlhf.reward.judge_reward import (
+    JudgeReward,
+    affine,
+    build_judge_reward,
+    reference_solution,
+)
 from rlhf.rollout.base import Rollout
 
 PROMPTS = ["Add 2 and 3.", "Tom has 5 apples and eats 1. How many are left?"]

@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 from launch import ROOT, child_env, learning_rows, metric_rows, run_train, train_cmd
-from rlhf.engine.checkpoint import latest_checkpoint, resolve_resume
+from rlhf.engine.checkpoint import latest_checkpoint, load_trainer_state, resolve_resume
 
 RESUME = ["algo=ppo", "steps=4", "save_every=2", "algo.prompts_per_step=2", "algo.samples_per_prompt=2",
           "algo.minibatch_size=2", "algo.lr=1e-3", "algo.critic_lr=1e-3", "algo.entropy_coef=0.05",
@@ -83,11 +83,13 @@ def test_sigkill_then_resume_auto_is_bitwise_identical(reference_run, tmp_path):
     assert [r["step"] for r in rows] == [r["step"] for r in ref_rows], "metrics.jsonl rows (dropped or duplicated?)"
     assert rows == ref_rows
     assert json.loads((run / "eval.json").read_text()) == json.loads((reference_run / "eval.json").read_text())
-    state_ref = torch.load(reference_run / "checkpoints" / "step_000004" / "trainer_state.pt", weights_only=False)
-    state = torch.load(final / "trainer_state.pt", weights_only=False)
+    state_ref = load_trainer_state(reference_run / "checkpoints" / "step_000004")
+    state = load_trainer_state(final)
+    assert not list(final.glob("*.pt")), "trainer state is JSON + safetensors, no pickle"
     assert state["kl_ctl"] == state_ref["kl_ctl"] and state["kl_ctl"]["value"] != 0.05  # adaptive coefficient moved
     assert state["scheduler"] == state_ref["scheduler"] and state["sampler"] == state_ref["sampler"]
     assert done_before < 4
+    assert not (run / "checkpoints" / ".tmp-step_000003-x").exists(), "stale temp dirs are removed on resume"
 
 
 def test_resume_with_nothing_left_to_train_exits_zero(reference_run):
@@ -135,9 +137,10 @@ NON_FINITE = ["algo=grpo", "steps=4", "max_bad_steps=2", "eval_before=false", "a
 
 
 def test_repeated_non_finite_rewards_stop_after_a_checkpoint(tmp_path):
-    """`reward.wrong_reward=nan`: every reward of the (random) policy is NaN; the CLI stops with status 3 and the
-    cause in its last line, after a checkpoint."""
-    proc = run_train(tmp_path, *NON_FINITE, "reward.wrong_reward=nan", check=False)
+    """`reward.wrong_reward=1e39` (finite in the config, inf once the reward is float32, as an overflowing reward
+    source would be; a nan in the config is refused at start-up): every reward of the (random) policy is non-finite;
+    the CLI stops with status 3 and the cause in its last line, after a checkpoint."""
+    proc = run_train(tmp_path, *NON_FINITE, "reward.wrong_reward=1e39", check=False)
     cause = "reward: 4 non-finite rewards"
     assert proc.returncode == 3, proc.stderr[-3000:]
     log = proc.stderr + proc.stdout
@@ -166,13 +169,15 @@ def in_process_trainer(tmp_path, *overrides: str):
 
 
 def test_repeated_non_finite_losses_stop_after_a_checkpoint(tmp_path, caplog):
-    """`algo.entropy_coef=inf` makes every minibatch loss -inf: each step is skipped, the second stops the run."""
+    """An infinite entropy coefficient makes every minibatch loss -inf: each step is skipped, the second stops the run.
+    (The config refuses inf at start-up, so it is set on the built trainer.)"""
     from rlhf.trainer import StopTraining
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # see tests/launch.py; restored below
     try:
-        trainer = in_process_trainer(tmp_path, *NON_FINITE, "algo.entropy_coef=inf")
+        trainer = in_process_trainer(tmp_path, *NON_FINITE)
+        trainer.cfg.algo.entropy_coef = float("inf")
         with caplog.at_level("WARNING", logger="rlhf"), pytest.raises(StopTraining) as err:
             trainer.train()
     finally:

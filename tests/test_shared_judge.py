@@ -8,18 +8,29 @@ from dataclasses import replace
 import pytest
 import torch
 from peft import PeftModel
+from test_judge_reward import make_cfg, make_rollout
 
-from rlhf.config import ConfigError, HardwareConfig, LoraConfig, ModelConfig, validate
+from rlhf.config import (
+    ConfigError,
+    HardwareConfig,
+    LoggingConfig,
+    LoraConfig,
+    ModelConfig,
+    validate,
+)
 from rlhf.engine.checkpoint import write_model_files
 from rlhf.engine.context import TrainContext
 from rlhf.judge.lora_judge import load_lora_judge, peft_lora_config
 from rlhf.model.load import load_causal_lm
 from rlhf.model.policy import build_policy
-from rlhf.model.shared import JUDGE_ADAPTER, AdapterView, add_judge_adapter, adapter_parameters
-from rlhf.reward.judge_reward import build_judge_reward
+from rlhf.model.shared import (
+    JUDGE_ADAPTER,
+    AdapterView,
+    adapter_parameters,
+    add_judge_adapter,
+)
 from rlhf.report.logger import MetricsLogger
-from rlhf.config import LoggingConfig
-from test_judge_reward import make_cfg, make_rollout
+from rlhf.reward.judge_reward import build_judge_reward
 
 TINY = ModelConfig(source="tiny_random")
 

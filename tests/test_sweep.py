@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from launch import PY, ROOT, TINY, child_env
 from omegaconf import OmegaConf
 
-from launch import PY, ROOT, TINY, child_env
 from rlhf.config import register_configs
 from rlhf.report.sweep import write_summary
 

@@ -8,15 +8,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from launch import ROOT, child_env, train_cmd
 from safetensors.torch import save_file
 
-from launch import ROOT, child_env, train_cmd
 from rlhf.config import ConfigError, to_config
 from rlhf.preflight import input_errors
 
 
 def compose(*overrides: str):
-    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
 
     from rlhf.config import register_configs
 

@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-
 from test_train_e2e import ROOT, TINY
 
 pytestmark = pytest.mark.vllm

@@ -12,10 +12,22 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from rlhf.algo.advantages import (gae, global_masked_mean, group_advantages, kl_shaped_scores, masked_mean,
-                                  masked_whiten, token_rewards)
+from rlhf.algo.advantages import (
+    gae,
+    global_masked_mean,
+    group_advantages,
+    kl_shaped_scores,
+    masked_mean,
+    masked_whiten,
+    token_rewards,
+)
 from rlhf.algo.kl import kl_estimate
-from rlhf.algo.losses import aggregate, clipped_policy_loss, clipped_value_loss, truncated_is_weights
+from rlhf.algo.losses import (
+    aggregate,
+    clipped_policy_loss,
+    clipped_value_loss,
+    truncated_is_weights,
+)
 from rlhf.config import AlgoConfig
 from rlhf.model.policy import Policy
 from rlhf.rollout.base import Rollout

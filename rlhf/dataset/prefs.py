@@ -21,11 +21,12 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 from rlhf.config import DatasetConfig
 from rlhf.dataset.math_data import judge_prompt
 from rlhf.dataset.synthetic_chat import synthetic_chat_rows
+from rlhf.report.io import read_jsonl
 
 PREF_DATASETS = ("synthetic_prefs", "synthetic_chat", "hh_rlhf", "rewardbench", "hh_rationales")
 ASSISTANT_MARK = "\n\nAssistant:"
@@ -207,8 +208,6 @@ def _read_local(path: str) -> List[Dict[str, Any]]:
         if not isinstance(data, list):
             raise ValueError(f"dataset.path: {path} must hold a JSON list of rows")
         return data
-    from rlhf.report.io import read_jsonl
-
     return read_jsonl(p, "dataset.path")
 
 

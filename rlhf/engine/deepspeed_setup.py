@@ -23,10 +23,14 @@ ZeRO-3 module hooks are taken off while transformers `generate` runs, so ranks m
 passes (different reply lengths) without collectives; the hooks are put back afterwards. The context is entered by
 every rank the same number of times (once per rollout, once per evaluation).
 
-Checkpoints keep the single-process layout (model/ or adapter/, value_head.safetensors, trainer_state.pt, COMPLETE),
-written by rank 0 from gathered weights, so `rlhf.evaluate checkpoint=...` and a plain resume read them unchanged; the
-optimizer partitions are DeepSpeed's own save_checkpoint in deepspeed/ inside the same atomic directory, and every
-rank saves its RNG state as rng_rank<r>.pt.
+Checkpoints keep the single-process layout (model/ or adapter/, value_head.safetensors, trainer_state.json +
+.safetensors, COMPLETE), written by rank 0 from gathered weights, so `rlhf.evaluate checkpoint=...` and a plain resume
+read them unchanged; the optimizer partitions are DeepSpeed's own save_checkpoint in deepspeed/ inside the same atomic
+directory, and every rank saves its RNG state as rng_rank<r>.json + .safetensors (rlhf.engine.checkpoint.save_state:
+no pickle). DeepSpeed's engine.load_checkpoint reads its own .pt files with torch.load(weights_only=False)
+(deepspeed/runtime/checkpoint_engine/torch_checkpoint_engine.py), i.e. it unpickles them: before calling it, every
+pickle under deepspeed/ is scanned (rlhf.engine.safe_pickle, nothing executed) and a checkpoint that references
+anything outside the allow-list of what DeepSpeed writes is refused.
 """
 
 from __future__ import annotations
@@ -45,9 +49,11 @@ import torch.nn as nn
 
 from rlhf.config import Config
 from rlhf.engine.checkpoint import (
-    checkpoint_root, finalize_checkpoint, load_trainer_state, prune_checkpoints, rng_state, write_model_files,
+    TRAINER_STATE, checkpoint_root, finalize_checkpoint, load_state, load_trainer_state, prune_checkpoints, rng_state,
+    save_state, write_model_files,
 )
 from rlhf.engine.distributed import DistContext
+from rlhf.engine.safe_pickle import UnsafePickleError, check_torch_dir
 from rlhf.model.policy import Policy
 from rlhf.report.io import atomic_write_json
 
@@ -241,7 +247,7 @@ class DeepSpeedRuntime:
 
     def save_checkpoint(self, run_dir: Path, step: int, policy: Policy, tokenizer, trainer_state: Dict[str, Any],
                         keep: int) -> Path:
-        """Collective: every rank must call it. Same layout as the plain path plus deepspeed/ and rng_rank<r>.pt."""
+        """Collective: every rank must call it. The plain layout plus deepspeed/ and rng_rank<r>.json/.safetensors."""
         root = checkpoint_root(run_dir)
         final = root / f"step_{step:06d}"
         tmp = root / f".tmp-step_{step:06d}-ds"
@@ -252,7 +258,7 @@ class DeepSpeedRuntime:
         try:
             self.engine.save_checkpoint(str(tmp / "deepspeed"), tag=DS_TAG, save_latest=False,
                                         exclude_frozen_parameters=True)
-            torch.save(rng_state(), tmp / f"rng_rank{self.dist.rank}.pt")
+            save_state(tmp, f"rng_rank{self.dist.rank}", rng_state())
             model_state = vh_state = None
             with self.gathered():
                 digest = weights_digest(policy)
@@ -268,7 +274,7 @@ class DeepSpeedRuntime:
                 atomic_write_json(tmp / "ranks.json", {**self._meta(), "weights_sha256": digests,
                                                        "consistent": len(set(digests)) == 1})
                 state = {**trainer_state, "optimizer": None, "step": step, "rng": rng_state(), "deepspeed": self._meta()}
-                torch.save(state, tmp / "trainer_state.pt")
+                save_state(tmp, TRAINER_STATE, state)
             self.dist.barrier()
             if self.dist.is_main:
                 finalize_checkpoint(tmp, final, step)
@@ -290,14 +296,24 @@ class DeepSpeedRuntime:
         if meta["zero_stage"] != self.stage or meta["world_size"] != self.dist.world_size:
             raise ValueError(f"resume: {ckpt} holds ZeRO-{meta['zero_stage']} partitions for world size "
                              f"{meta['world_size']}; this run is ZeRO-{self.stage} with world size {self.dist.world_size}")
-        path, _ = self.engine.load_checkpoint(str(ckpt / "deepspeed"), tag=meta.get("tag", DS_TAG),
+        if meta.get("tag", DS_TAG) != DS_TAG:  # a tag like ../../x would make DeepSpeed load files outside deepspeed/
+            raise ValueError(f"resume: {ckpt}: unexpected DeepSpeed tag {meta.get('tag')!r} (this version writes "
+                             f"{DS_TAG!r})")
+        try:  # DeepSpeed unpickles its files (torch.load weights_only=False): vet them first, without running them
+            check_torch_dir(ckpt / "deepspeed")
+        except UnsafePickleError as e:
+            raise ValueError(f"resume: {e}") from None
+        path, _ = self.engine.load_checkpoint(str(ckpt / "deepspeed"), tag=DS_TAG,
                                               load_module_strict=False, load_optimizer_states=True,
                                               load_lr_scheduler_states=False)
         if path is None:
             raise FileNotFoundError(f"resume: DeepSpeed could not load {ckpt / 'deepspeed'}")
-        rng_file = ckpt / f"rng_rank{self.dist.rank}.pt"
-        if rng_file.is_file():
-            state["rng"] = torch.load(rng_file, weights_only=False)
+        stem = f"rng_rank{self.dist.rank}"
+        if (ckpt / f"{stem}.json").is_file():
+            try:
+                state["rng"] = load_state(ckpt, stem)
+            except (FileNotFoundError, ValueError) as e:
+                raise type(e)(f"resume: {e}") from None
         return state
 
 

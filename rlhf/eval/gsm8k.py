@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any, Dict, Tuple
 
+from rlhf.eval.policy_eval import run_model_task
+from rlhf.report.io import read_jsonl
 from rlhf.task.math_grading import score_predictions
 
 
@@ -20,11 +22,7 @@ def markdown_table(results: Dict[str, Any]) -> str:
 def run_task(cfg) -> Tuple[Dict[str, Any], str]:
     """`python -m rlhf.evaluate task=gsm8k`: score a predictions file, or generate with a model when there is none."""
     if cfg.predictions is None:
-        from rlhf.eval.policy_eval import run_model_task
-
         return run_model_task(cfg)
-    from rlhf.report.io import read_jsonl
-
     if cfg.limit < 0:
         raise ValueError(f"limit: must be >= 0, got {cfg.limit}")
     # missing, undecodable or empty files and lines that are not JSON objects fail naming the key, file and line

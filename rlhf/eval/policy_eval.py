@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Optional
 
 import torch
-from tqdm.auto import tqdm
 
 from rlhf.task.math import MathTask
 
@@ -14,10 +12,10 @@ from rlhf.task.math import MathTask
 def run_model_task(cfg) -> tuple[dict, str]:
     """`python -m rlhf.evaluate task=gsm8k [checkpoint=DIR]`: greedy EM of a model (+ trained weights) on a test split."""
     from rlhf.engine.checkpoint import load_weights_into
+    from rlhf.model.device import resolve_device
     from rlhf.model.load import load_causal_lm
     from rlhf.model.policy import build_policy
     from rlhf.rollout.hf_engine import HFEngine
-    from rlhf.train_setup import resolve_device
 
     device = resolve_device(cfg.hardware)
     model, tok = load_causal_lm(cfg.model, cfg.hardware.dtype, seed=cfg.seed)

@@ -21,6 +21,10 @@ import math
 from collections import OrderedDict
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
+from rlhf.dataset.prefs import load_pref_split
+from rlhf.judge.factory import build_pair_scorer
+from rlhf.report.io import read_text_file
+
 log = logging.getLogger(__name__)
 
 # Prompt counts per subset of allenai/reward-bench (split "filtered"), math-prm up-weighted to equal the code subsets.
@@ -207,8 +211,6 @@ def read_score_file(path: str, what: str = "scores") -> List[Dict[str, Any]]:
     score that is not a finite number (strings, true/false, NaN and Infinity are refused)."""
     import json
 
-    from rlhf.report.io import read_text_file
-
     rows: List[Dict[str, Any]] = []
     for lineno, line in enumerate(read_text_file(path, what).splitlines(), start=1):
         if not line.strip():
@@ -236,9 +238,6 @@ def read_score_file(path: str, what: str = "scores") -> List[Dict[str, Any]]:
 
 def model_score_rows(cfg: Any) -> List[Dict[str, Any]]:
     """Scores the test split of cfg.dataset with the judge/RM built from cfg (model mode)."""
-    from rlhf.dataset.prefs import load_pref_split
-    from rlhf.judge.factory import build_pair_scorer
-
     split = "filtered" if cfg.dataset.name == "rewardbench" else "test"
     data = load_pref_split(cfg.dataset, split)
     if cfg.limit and cfg.limit > 0:

@@ -13,25 +13,35 @@ from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
-from rlhf.config import DatasetConfig, HardwareConfig, JudgeConfig, ModelConfig, RewardConfig
+from rlhf.config import (
+    DatasetConfig,
+    HardwareConfig,
+    JudgeConfig,
+    ModelConfig,
+    RewardConfig,
+)
+from rlhf.dataset.prefs import PREF_DATASETS, pref_rows
+from rlhf.judge.bt_rm import META as RM_META
+from rlhf.judge.bt_rm import build_reward_model, load_reward_model, train_bt_rm
+from rlhf.judge.lora_judge import META as JUDGE_META
+from rlhf.judge.lora_judge import (
+    build_lora_judge,
+    load_lora_judge,
+    save_lora_judge,
+    train_lora_judge,
+)
+from rlhf.judge.rubric_judge import build_rubric_judge
+from rlhf.model.device import resolve_device
+from rlhf.model.shared import AdapterView
 
 log = logging.getLogger(__name__)
 
 JUDGE_KINDS = ("rubric_judge", "lora_judge", "bt_rm")
 
 
-def resolve_device(hw: Optional[HardwareConfig]) -> torch.device:
-    name = hw.device if hw is not None else "cpu"
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
-
-
 def training_pairs(dataset_cfg: Optional[DatasetConfig], seed: int = 0) -> List[Dict[str, Any]]:
     """Train split used when a lora_judge / bt_rm has no checkpoint: the run's preference dataset, else
     synthetic_prefs (dataset seed 0, so its test split stays held out)."""
-    from rlhf.dataset.prefs import PREF_DATASETS, pref_rows
-
     if dataset_cfg is not None and dataset_cfg.name in PREF_DATASETS and dataset_cfg.name != "rewardbench":
         cfg = dataset_cfg
     else:
@@ -45,9 +55,6 @@ def saved_scorer_in(kind: str, path: Optional[Path]) -> bool:
     """Whether ``path`` holds a complete saved lora_judge / bt_rm (saves are atomic: the meta file means complete)."""
     if path is None or kind not in ("lora_judge", "bt_rm"):
         return False
-    from rlhf.judge.lora_judge import META as JUDGE_META
-    from rlhf.reward.bt_rm import META as RM_META
-
     return (Path(path) / (JUDGE_META if kind == "lora_judge" else RM_META)).is_file()
 
 
@@ -68,9 +75,6 @@ def build_pair_scorer(reward_cfg: RewardConfig, judge_cfg: JudgeConfig, model_cf
     dtype = hardware.dtype if hardware is not None else "float32"
     ckpt = checkpoint or reward_cfg.checkpoint
     if kind == "rubric_judge":
-        from rlhf.judge.rubric_judge import build_rubric_judge
-        from rlhf.model.shared import AdapterView
-
         if ckpt:
             log.warning("reward=rubric_judge is training-free; checkpoint %s is ignored", ckpt)
         model = None
@@ -79,8 +83,6 @@ def build_pair_scorer(reward_cfg: RewardConfig, judge_cfg: JudgeConfig, model_cf
         return build_rubric_judge(model_cfg, judge_cfg, device, dtype, model=model, tokenizer=tokenizer,
                                   dataset_cfg=dataset_cfg, seed=seed)
     if kind == "lora_judge":
-        from rlhf.judge.lora_judge import build_lora_judge, load_lora_judge, save_lora_judge, train_lora_judge
-
         if ckpt:
             judge = load_lora_judge(ckpt, model_cfg, device, dtype, share_with=share_with, tokenizer=tokenizer)
             if judge.mode != judge_cfg.mode:
@@ -93,8 +95,6 @@ def build_pair_scorer(reward_cfg: RewardConfig, judge_cfg: JudgeConfig, model_cf
         if train_dir is not None:
             save_lora_judge(judge, train_dir, model_cfg)
         return judge
-    from rlhf.reward.bt_rm import build_reward_model, load_reward_model, train_bt_rm
-
     if ckpt:
         return load_reward_model(ckpt, model_cfg, dtype).to(device)
     rm = build_reward_model(model_cfg, judge_cfg, dtype=dtype, seed=seed).to(device)

@@ -1,41 +1,16 @@
-"""Shared helpers for trained judges/RMs: atomic directory saves, pair filtering, seeded batch sampling, metric logs."""
+"""Shared helpers for trained judges/RMs: pair filtering, seeded batch sampling, metric logs."""
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import random
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
+from rlhf.config import model_config_from_dict
+
 log = logging.getLogger(__name__)
-
-
-def atomic_save_dir(target: str | Path, write: Callable[[Path], None]) -> Path:
-    """Calls write(tmp_dir) on a fresh temp dir next to ``target``, then swaps it in with os.replace.
-
-    A reader sees either the old directory or the complete new one, never a partial save.
-    """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        write(tmp)
-        old = None
-        if target.exists():
-            old = target.parent / f".{target.name}.old-{os.getpid()}"
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
-        os.replace(tmp, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -87,8 +62,6 @@ class MetricSink:
 
 def read_checkpoint_meta(path: str | Path, meta_name: str, kind: str, model_cfg=None):
     """(meta dict, model config) of a saved judge/RM dir; the model config recorded at training time unless given."""
-    from rlhf.reward.bt_rm import model_cfg_from_dict
-
     path = Path(path)
     if not (path / meta_name).is_file():
         raise FileNotFoundError(f"reward.checkpoint: {path} has no {meta_name} (not a {kind} checkpoint)")
@@ -96,5 +69,5 @@ def read_checkpoint_meta(path: str | Path, meta_name: str, kind: str, model_cfg=
     if model_cfg is None:
         if not meta.get("model"):
             raise ValueError(f"reward.checkpoint: {path}/{meta_name} records no model; pass model_cfg")
-        model_cfg = model_cfg_from_dict(meta["model"])
+        model_cfg = model_config_from_dict(meta["model"])
     return meta, model_cfg

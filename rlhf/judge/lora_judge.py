@@ -9,7 +9,7 @@ with "\\nReason: <rationale><eos>" — the verdict stays the first generated tok
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -17,10 +17,18 @@ import torch
 import torch.nn.functional as F
 
 from rlhf.config import JudgeConfig, LoraConfig, ModelConfig
-from rlhf.judge.engine import train_logits, train_logits_with_prefix
-from rlhf.judge.io import MetricSink, atomic_save_dir, batch_indices, drop_identical_pairs, write_json
+from rlhf.judge.io import (
+    MetricSink,
+    batch_indices,
+    drop_identical_pairs,
+    read_checkpoint_meta,
+    write_json,
+)
+from rlhf.judge.prefix_forward import train_logits, train_logits_with_prefix
 from rlhf.judge.rubric_judge import RubricJudge, judge_demos
-from rlhf.model.shared import model_scope
+from rlhf.model.load import load_causal_lm
+from rlhf.model.shared import add_judge_adapter, load_judge_adapter, model_scope
+from rlhf.report.io import atomic_save_dir
 
 log = logging.getLogger(__name__)
 
@@ -170,14 +178,10 @@ def build_lora_judge(model_cfg: ModelConfig, cfg: JudgeConfig, device: torch.dev
 
     ``share_with``: the actor's peft model; the judge becomes a second adapter on it instead of a copy of the base."""
     if share_with is not None:
-        from rlhf.model.shared import add_judge_adapter
-
         layers = top_layers(int(share_with.base_model.model.config.num_hidden_layers), cfg.lora_layers)
         view = add_judge_adapter(share_with, peft_lora_config(cfg.lora, "CAUSAL_LM", layers), seed)
         return RubricJudge(view, tokenizer, cfg, judge_demos(cfg, dataset_cfg), device)
     if model is None:
-        from rlhf.model.load import load_causal_lm
-
         model, tokenizer = load_causal_lm(model_cfg, dtype=dtype, seed=seed)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
@@ -194,17 +198,12 @@ def load_lora_judge(path: str | Path, model_cfg: Optional[ModelConfig] = None, d
     ``share_with``: the actor's peft model; the saved adapter is loaded next to the actor's instead of on a copy."""
     from peft import PeftModel
 
-    from rlhf.judge.io import read_checkpoint_meta
-    from rlhf.model.load import load_causal_lm
-
     path = Path(path)
     meta, model_cfg = read_checkpoint_meta(path, META, "lora_judge", model_cfg)
     saved = dict(meta["judge"])
     saved["lora"] = LoraConfig(**saved["lora"])
     jcfg = cfg if cfg is not None else JudgeConfig(**saved)
     if share_with is not None:
-        from rlhf.model.shared import load_judge_adapter
-
         model, tok = load_judge_adapter(share_with, path), tokenizer
     else:
         base, tok = load_causal_lm(model_cfg, dtype=dtype)
@@ -212,7 +211,3 @@ def load_lora_judge(path: str | Path, model_cfg: Optional[ModelConfig] = None, d
         model.to(device)
     demos = meta.get("demos") if cfg is None else judge_demos(jcfg)
     return RubricJudge(model, tok, jcfg, demos or [], device)
-
-
-def with_mode(cfg: JudgeConfig, mode: str) -> JudgeConfig:
-    return cfg if cfg.mode == mode else replace(cfg, mode=mode)

@@ -3,7 +3,7 @@
 A judge prompt is a chat: a system turn with the rubric, ``num_demos`` demonstration turns (user: item, assistant:
 "Verdict: A" or "Score: 4") and the item to judge as the last user turn, followed by the assistant header and the
 verdict lead ("Verdict:" / "Score: "). Everything before the last user turn's content is the same for every item: the
-*prefix*, tokenized once (and its KV cache reused, rlhf/judge/engine.py). The item part (*suffix*) is tokenized
+*prefix*, tokenized once (and its KV cache reused, rlhf/judge/prefix_forward.py). The item part (*suffix*) is tokenized
 separately and the two id lists are concatenated, so the cached and uncached paths see identical tokens.
 """
 
@@ -14,7 +14,9 @@ import random
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from rlhf.config import ConfigError, JudgeConfig
+from rlhf.config import ConfigError, DatasetConfig, JudgeConfig
+from rlhf.dataset.prefs import demo_pool_rows
+from rlhf.report.io import read_jsonl
 
 SENTINEL = "\u2063ITEM\u2063"
 PAIR_LABELS = ("A", "B")
@@ -200,17 +202,12 @@ class JudgePrompter:
 def load_demo_pool(cfg: JudgeConfig, dataset_cfg: Optional[Any] = None, n: int = 48) -> List[Dict[str, Any]]:
     """judge.demo_path (JSONL prompt/chosen/rejected) or the train split of synthetic_prefs."""
     if cfg.demo_path:
-        from rlhf.report.io import read_jsonl
-
         rows = read_jsonl(cfg.demo_path, "judge.demo_path")
         for i, r in enumerate(rows):
             for f in ("prompt", "chosen", "rejected"):
                 if not isinstance(r.get(f), str) or not r[f].strip():
                     raise ValueError(f"judge.demo_path: {cfg.demo_path} row {i}: missing field '{f}'")
         return rows
-    from rlhf.config import DatasetConfig
-    from rlhf.dataset.prefs import demo_pool_rows
-
     base = dataset_cfg if dataset_cfg is not None and dataset_cfg.name == "synthetic_prefs" else \
         DatasetConfig(name="synthetic_prefs")
     return demo_pool_rows(base, n)

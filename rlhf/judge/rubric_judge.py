@@ -13,9 +13,15 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from rlhf.config import JudgeConfig, ModelConfig
-from rlhf.judge.engine import PrefixCache, batched_verdict_logits
+from rlhf.judge.prefix_forward import PrefixCache, batched_verdict_logits
 from rlhf.judge.prompts import JudgePrompter, load_demo_pool, select_demos
-from rlhf.judge.verdict import expected_score, position_bias, symmetric_pairwise, verdict_probs
+from rlhf.judge.verdict import (
+    expected_score,
+    position_bias,
+    symmetric_pairwise,
+    verdict_probs,
+)
+from rlhf.model.load import load_causal_lm
 from rlhf.model.shared import model_scope
 
 log = logging.getLogger(__name__)
@@ -140,8 +146,6 @@ def build_rubric_judge(model_cfg: ModelConfig, cfg: JudgeConfig, device: torch.d
                        dataset_cfg: Any = None, seed: int = 0) -> RubricJudge:
     """A training-free rubric judge; loads the model from model_cfg unless one is given. Weights are frozen."""
     if model is None:
-        from rlhf.model.load import load_causal_lm
-
         model, tokenizer = load_causal_lm(model_cfg, dtype=dtype, seed=seed)
         model.to(device)
     for p in model.parameters():

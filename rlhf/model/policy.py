@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Dict, Iterator, Optional, Tuple
+from typing import Iterator, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -17,11 +17,7 @@ from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, get_peft_model
 
 from rlhf.config import ModelConfig
-
-
-def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Left-padding aware positions: the first real token is position 0."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+from rlhf.model.tensors import position_ids_from_mask
 
 
 def gather_logprobs(logits: torch.Tensor, tokens: torch.Tensor, with_entropy: bool = False):
@@ -102,34 +98,6 @@ class Policy(nn.Module):
 
     def generation_model(self) -> nn.Module:
         return self.model
-
-    def trainable_state_dict(self) -> Dict[str, torch.Tensor]:
-        """What a checkpoint must hold: adapter weights only with LoRA, else the full model; plus the value head."""
-        if self.is_lora:
-            from peft import get_peft_model_state_dict
-
-            state = {f"adapter.{k}": v for k, v in get_peft_model_state_dict(self.model).items()}
-        else:
-            state = {f"model.{k}": v for k, v in self.model.state_dict().items()}
-        if self.value_head is not None:
-            state.update({f"value_head.{k}": v for k, v in self.value_head.state_dict().items()})
-        return state
-
-    def load_trainable_state_dict(self, state: Dict[str, torch.Tensor]) -> None:
-        def part(prefix: str) -> Dict[str, torch.Tensor]:
-            return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-
-        if self.is_lora:
-            from peft import set_peft_model_state_dict
-
-            result = set_peft_model_state_dict(self.model, part("adapter."))
-            unexpected = getattr(result, "unexpected_keys", [])
-            if unexpected:
-                raise KeyError(f"checkpoint adapter has unexpected keys, e.g. {unexpected[:3]}")
-        else:
-            self.model.load_state_dict(part("model."), strict=True)
-        if self.value_head is not None:
-            self.value_head.load_state_dict(part("value_head."), strict=True)
 
 
 def build_policy(model: nn.Module, cfg: ModelConfig, value_head: bool) -> Policy:

@@ -1,12 +1,14 @@
-"""Atomic file writes: write to a temp file in the same directory, fsync, rename. Readers never see half a file."""
+"""Atomic writes (a temp file or directory next to the target, then a rename: readers never see half of one) and
+readers of text/JSONL files that fail in one line naming the file."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
@@ -23,6 +25,34 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_save_dir(target: str | Path, write: Callable[[Path], None], keep_existing: bool = False) -> Path:
+    """Calls write(tmp_dir) on a fresh temp dir next to ``target``, then swaps it in with os.replace.
+
+    A reader sees either the old directory or the complete new one, never a partial save. keep_existing: when the
+    target appeared meanwhile (a concurrent writer of the same content won), keep it and drop this write.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        write(tmp)
+        if keep_existing and target.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+            return target
+        old = None
+        if target.exists():
+            old = target.parent / f".{target.name}.old-{os.getpid()}"
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(target, old)
+        os.replace(tmp, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> Path:

@@ -6,6 +6,8 @@ from typing import Any
 
 from rlhf.config import Config
 from rlhf.reward.base import RewardOutput, RewardSource
+from rlhf.reward.exact_match import ExactMatchReward
+from rlhf.reward.judge_reward import build_judge_reward
 
 __all__ = ["RewardOutput", "RewardSource", "build_reward"]
 
@@ -14,11 +16,7 @@ def build_reward(cfg: Config, context: Any) -> RewardSource:
     """context: the trainer's shared objects (tokenizer, policy, run_dir, device), for judges that share the base."""
     name = cfg.reward.name
     if name == "exact_match":
-        from rlhf.reward.exact_match import ExactMatchReward
-
         return ExactMatchReward(cfg.reward)
     if name in ("bt_rm", "rubric_judge", "lora_judge"):
-        from rlhf.reward.judge_reward import build_judge_reward
-
         return build_judge_reward(cfg, context)
     raise ValueError(f"reward.name: unknown reward source {name!r}")

@@ -7,9 +7,9 @@ from typing import Any, Dict, List
 import torch
 
 from rlhf.config import RewardConfig
-from rlhf.task.math_grading import extract_answer, is_correct, reference_answer
 from rlhf.reward.base import RewardOutput
 from rlhf.rollout.base import Rollout
+from rlhf.task.math_grading import extract_answer, is_correct
 
 
 class ExactMatchReward:

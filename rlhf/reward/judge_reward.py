@@ -21,8 +21,10 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from rlhf.config import Config
+from rlhf.config import Config, HardwareConfig, share_base_obstacle
 from rlhf.dataset.math_data import judge_prompt
+from rlhf.judge.factory import build_pair_scorer, judge_cfg_for_signal, saved_scorer_in
+from rlhf.judge.io import MetricSink
 from rlhf.reward.base import RewardOutput
 from rlhf.rollout.base import Rollout
 from rlhf.task.math_grading import is_correct
@@ -132,10 +134,6 @@ class JudgeReward:
 
 def build_judge_reward(cfg: Config, context: Any) -> JudgeReward:
     """reward=bt_rm | rubric_judge | lora_judge -> JudgeReward on context.device (trains first if no checkpoint)."""
-    from rlhf.config import HardwareConfig
-    from rlhf.judge.factory import build_pair_scorer, judge_cfg_for_signal, saved_scorer_in
-    from rlhf.judge.io import MetricSink
-
     kind = cfg.reward.name
     judge_cfg = cfg.judge if kind == "bt_rm" else judge_cfg_for_signal(cfg.judge, cfg.reward.judge_signal)
     run_dir = Path(context.run_dir) if getattr(context, "run_dir", None) is not None else None
@@ -165,8 +163,6 @@ def build_judge_reward(cfg: Config, context: Any) -> JudgeReward:
 
 def shared_judge_base(cfg: Config, context: Any) -> Optional[torch.nn.Module]:
     """The model a rubric_judge / lora_judge runs on instead of a copy (judge.share_base), or None for a copy."""
-    from rlhf.config import share_base_obstacle
-
     want = cfg.judge.share_base
     if want is False or cfg.reward.name == "bt_rm":
         return None

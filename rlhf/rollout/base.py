@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Optional, Protocol, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Protocol, Set, Tuple
 
 import torch
 
@@ -59,6 +59,16 @@ class Rollout:
 
     def meta_per_sample(self) -> List[Dict[str, Any]]:
         return [self.meta[self.prompt_index(i)] for i in range(self.batch_size)] if self.meta else [{}] * self.batch_size
+
+
+def eos_token_ids(generation_eos: Any, tokenizer) -> Set[int]:
+    """Token ids that end a reply: the model's generation_config.eos_token_id (an id or a list) plus the tokenizer's
+    EOS. Both rollout engines stop on this same set."""
+    ids: Set[int] = set()
+    for value in (generation_eos, tokenizer.eos_token_id):
+        if value is not None:
+            ids.update(value if isinstance(value, (list, tuple)) else [value])
+    return ids
 
 
 class RolloutEngine(Protocol):

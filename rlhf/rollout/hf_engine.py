@@ -7,17 +7,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Set,
 
 import torch
 
-from rlhf.rollout.base import Rollout, SamplingParams
-
-
-def eos_token_ids(model, tokenizer) -> Set[int]:
-    ids: Set[int] = set()
-    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    for value in (gen_eos, tokenizer.eos_token_id):
-        if value is None:
-            continue
-        ids.update(value if isinstance(value, (list, tuple)) else [value])
-    return ids
+from rlhf.rollout.base import Rollout, SamplingParams, eos_token_ids
 
 
 def response_mask_from_ids(response_ids: torch.Tensor, eos_ids: Set[int], pad_id: Optional[int]):
@@ -79,7 +69,8 @@ class HFEngine:
         self.tokenizer = tokenizer
         self.device = device
         self.max_prompt_tokens = max_prompt_tokens
-        self.eos_ids = eos_token_ids(model, tokenizer)
+        self.eos_ids = eos_token_ids(getattr(getattr(model, "generation_config", None), "eos_token_id", None),
+                                     tokenizer)
 
     def load_weights(self, named_tensors: Iterable[Tuple[str, torch.Tensor]]) -> None:
         return None

@@ -29,8 +29,10 @@ import torch  # noqa: E402
 import vllm  # noqa: E402  (ImportError here tells the caller to install the vllm extra)
 from vllm.inputs import TokensPrompt  # noqa: E402
 
+from transformers import GenerationConfig  # noqa: E402
+
 from rlhf.config import HardwareConfig  # noqa: E402
-from rlhf.rollout.base import Rollout, SamplingParams  # noqa: E402
+from rlhf.rollout.base import Rollout, SamplingParams, eos_token_ids  # noqa: E402
 from rlhf.rollout.hf_engine import response_mask_from_ids, truncate_at_stop  # noqa: E402
 from rlhf.rollout.weight_sync import checkpoint_shapes, ties_lm_head, validate_weights  # noqa: E402
 
@@ -44,19 +46,12 @@ def _is_cpu_platform() -> bool:
 
 
 def engine_eos_ids(model_dir: str, tokenizer) -> Set[int]:
-    """Same set as `hf_engine.eos_token_ids`: generation_config.eos_token_id plus the tokenizer's EOS."""
-    ids: Set[int] = set()
-    values: List[Any] = [tokenizer.eos_token_id]
+    """The EOS set of the model directory vLLM loads (its generation_config.json), as the HF engine computes it."""
     try:
-        from transformers import GenerationConfig
-
-        values.append(GenerationConfig.from_pretrained(model_dir).eos_token_id)
+        generation_eos = GenerationConfig.from_pretrained(model_dir).eos_token_id
     except (OSError, ValueError):
-        pass
-    for v in values:
-        if v is not None:
-            ids.update(v if isinstance(v, (list, tuple)) else [v])
-    return ids
+        generation_eos = None
+    return eos_token_ids(generation_eos, tokenizer)
 
 
 # ------------------------------------------------------------------------------ functions run inside the worker

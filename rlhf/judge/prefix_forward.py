@@ -10,27 +10,12 @@ both layouts, so the last-position logits agree up to float rounding. Only the l
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence
 
 import torch
 from transformers import DynamicCache
 
-
-def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(ids, mask) of shape (B, max_len), sequences aligned to the right."""
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        if len(s):
-            ids[i, width - len(s):] = torch.tensor(list(s), dtype=torch.long)
-            mask[i, width - len(s):] = 1
-    return ids, mask
-
-
-def positions_from_mask(mask: torch.Tensor, offset: int = 0) -> torch.Tensor:
-    """Position of each real token = number of real tokens before it (+ offset); pads get position offset."""
-    return (mask.cumsum(-1) - 1).clamp(min=0) + offset
+from rlhf.model.tensors import pad_sequences, position_ids_from_mask
 
 
 class PrefixCache:
@@ -58,15 +43,15 @@ def last_logits(model: torch.nn.Module, prefix_ids: Sequence[int], suffixes: Seq
                 device: torch.device, cache: Optional[PrefixCache] = None) -> torch.Tensor:
     """(B, V) float32 logits of the token after prefix + suffix_i, for one batch of suffixes."""
     if cache is not None:
-        ids, mask = left_pad(suffixes, pad_id)
+        ids, mask = pad_sequences(suffixes, pad_id)
         b = ids.shape[0]
         full_mask = torch.cat([torch.ones((b, cache.length), dtype=torch.long), mask], dim=1)
-        pos = positions_from_mask(mask, offset=cache.length)
+        pos = position_ids_from_mask(mask, offset=cache.length)
         out = model(input_ids=ids.to(device), attention_mask=full_mask.to(device), position_ids=pos.to(device),
                     past_key_values=cache.expand(b), use_cache=True, logits_to_keep=1)
     else:
-        ids, mask = left_pad([list(prefix_ids) + list(s) for s in suffixes], pad_id)
-        pos = positions_from_mask(mask)
+        ids, mask = pad_sequences([list(prefix_ids) + list(s) for s in suffixes], pad_id)
+        pos = position_ids_from_mask(mask)
         out = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
                     use_cache=False, logits_to_keep=1)
     return out.logits[:, -1, :].float()
@@ -92,10 +77,10 @@ def train_logits_with_prefix(model: torch.nn.Module, prefix_ids: Sequence[int], 
     """train_logits of prefix + suffix_i with the shared prefix run once (with gradients) and its keys/values expanded
     over the batch: the same logits and gradients, without recomputing the prefix for every row."""
     cache = PrefixCache(model, prefix_ids, device, grad=True)
-    ids, mask = left_pad(suffixes, pad_id)
+    ids, mask = pad_sequences(suffixes, pad_id)
     b = ids.shape[0]
     full_mask = torch.cat([torch.ones((b, cache.length), dtype=torch.long), mask], dim=1)
-    pos = positions_from_mask(mask, offset=cache.length)
+    pos = position_ids_from_mask(mask, offset=cache.length)
     return model(input_ids=ids.to(device), attention_mask=full_mask.to(device), position_ids=pos.to(device),
                  past_key_values=cache.expand(b), use_cache=True, logits_to_keep=keep).logits
 
@@ -103,7 +88,7 @@ def train_logits_with_prefix(model: torch.nn.Module, prefix_ids: Sequence[int], 
 def train_logits(model: torch.nn.Module, seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device,
                  keep: int) -> torch.Tensor:
     """(B, keep, V) logits (with gradients) of the last ``keep`` positions of left-padded sequences."""
-    ids, mask = left_pad(seqs, pad_id)
-    pos = positions_from_mask(mask)
+    ids, mask = pad_sequences(seqs, pad_id)
+    pos = position_ids_from_mask(mask)
     return model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
                  use_cache=False, logits_to_keep=keep).logits

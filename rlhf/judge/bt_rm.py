@@ -17,8 +17,18 @@ import torch
 import torch.nn.functional as F
 
 from rlhf.config import JudgeConfig, LoraConfig, ModelConfig
-from rlhf.judge.io import MetricSink, atomic_save_dir, batch_indices, drop_identical_pairs, write_json
+from rlhf.judge.io import (
+    MetricSink,
+    batch_indices,
+    drop_identical_pairs,
+    read_checkpoint_meta,
+    write_json,
+)
+from rlhf.judge.lora_judge import attach_lora
 from rlhf.judge.prompts import clip_ids
+from rlhf.model.load import load_causal_lm
+from rlhf.model.tensors import pad_sequences
+from rlhf.report.io import atomic_save_dir
 
 log = logging.getLogger(__name__)
 
@@ -45,16 +55,6 @@ def encode_response(tokenizer: Any, prompt: str, response: str, max_len: int) ->
     while ids and ids[-1] == eos:
         ids = ids[:-1]
     return clip_ids(ids, max_len - 1) + [eos]
-
-
-def right_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, :len(s)] = torch.tensor(list(s), dtype=torch.long)
-        mask[i, :len(s)] = 1
-    return ids, mask
 
 
 def last_token_index(mask: torch.Tensor) -> torch.Tensor:
@@ -91,7 +91,7 @@ class RewardModel(torch.nn.Module):
         return self.head(last.to(self.head.weight.dtype)).squeeze(-1).float()
 
     def score_ids(self, seqs: Sequence[Sequence[int]]) -> torch.Tensor:
-        ids, mask = right_pad(seqs, self.pad_id)
+        ids, mask = pad_sequences(seqs, self.pad_id, side="right")
         return self(ids.to(self.device), mask.to(self.device))
 
     def encode(self, prompt: str, response: str) -> List[int]:
@@ -145,28 +145,16 @@ def build_reward_model(model_cfg: ModelConfig, judge_cfg: JudgeConfig, dtype: st
                        causal_lm: Optional[torch.nn.Module] = None, tokenizer: Any = None) -> RewardModel:
     """Backbone of the causal LM (its lm_head is not used) + a fresh scalar head; LoRA when judge.lora.enabled."""
     if causal_lm is None:
-        from rlhf.model.load import load_causal_lm
-
         causal_lm, tokenizer = load_causal_lm(model_cfg, dtype=dtype, seed=seed)
     backbone = causal_lm.base_model
     lora = bool(judge_cfg.lora.enabled)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         if lora:
-            from rlhf.judge.lora_judge import attach_lora
-
             backbone = attach_lora(backbone, judge_cfg.lora, judge_cfg.lora_layers, task_type=None)
         rm = RewardModel(backbone, tokenizer, causal_lm.config.hidden_size, judge_cfg.max_len, lora,
                          judge_cfg.lora_layers if lora else 0)
     return rm  # the head stays float32 whatever the backbone dtype (hidden states are upcast before it)
-
-
-def model_cfg_from_dict(d: Dict[str, Any]) -> ModelConfig:
-    from rlhf.config import TinyModelConfig
-
-    d = dict(d)
-    lora, tiny = LoraConfig(**d.pop("lora", {})), TinyModelConfig(**d.pop("tiny", {}))
-    return ModelConfig(**d, lora=lora, tiny=tiny)
 
 
 def load_reward_model(path: str | Path, model_cfg: Optional[ModelConfig] = None, dtype: str = "float32",
@@ -174,8 +162,6 @@ def load_reward_model(path: str | Path, model_cfg: Optional[ModelConfig] = None,
     """Rebuilds the RM saved by RewardModel.save; model_cfg defaults to the one recorded in rm_meta.json."""
 
     from safetensors.torch import load_file
-
-    from rlhf.judge.io import read_checkpoint_meta
 
     path = Path(path)
     meta, model_cfg = read_checkpoint_meta(path, META, "bt_rm", model_cfg)
