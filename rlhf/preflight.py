@@ -12,8 +12,10 @@ import os
 from pathlib import Path
 from typing import Callable, List
 
+from safetensors import safe_open
+
+from rlhf.backend.checkpoint import refuse_legacy_pickle
 from rlhf.config import Config, ConfigError, config_errors
-from rlhf.engine.checkpoint import refuse_legacy_pickle
 from rlhf.judge.bt_rm import META as RM_META
 from rlhf.judge.lora_judge import META as JUDGE_META
 from rlhf.judge.prompts import load_demo_pool, parse_rubric
@@ -29,8 +31,6 @@ def looks_local(name: str) -> bool:
 
 def safetensors_errors(files: List[Path], key: str) -> List[str]:
     """Each safetensors file must have a readable header whose tensors fit in the file (a truncated copy does not)."""
-    from safetensors import safe_open
-
     errors = []
     for f in files:
         try:

@@ -16,10 +16,11 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from rlhf.backend.distributed import world_config_errors
 from rlhf.config import ConfigError, register_configs, to_config
-from rlhf.engine.distributed import world_config_errors
 from rlhf.preflight import input_errors, one_line
 from rlhf.report.io import atomic_write_text
+from rlhf.trainer import StopTraining, Trainer
 
 log = logging.getLogger("rlhf")
 register_configs()
@@ -58,8 +59,6 @@ def main(dcfg: DictConfig) -> float:
         fail(errors)
     run_dir = Path(cfg.run_dir or HydraConfig.get().runtime.output_dir)
     atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(dcfg, resolve=True))
-    from rlhf.trainer import StopTraining, Trainer
-
     try:
         trainer = Trainer(cfg, run_dir)
     except STARTUP_ERRORS as e:

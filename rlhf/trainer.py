@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import time
@@ -14,34 +13,24 @@ from tqdm.auto import tqdm
 
 from rlhf.algo.kl import build_kl_controller
 from rlhf.algo.step import make_experience, update
+from rlhf.backend import build_backend, setup_torch
+from rlhf.backend.checkpoint import resolve_resume, set_rng_state
+from rlhf.backend.distributed import init_distributed
 from rlhf.config import Config, as_dict
 from rlhf.dataset.sampler import PromptSampler
-from rlhf.engine.checkpoint import (
-    load_trainer_state,
-    load_weights_into,
-    resolve_resume,
-    save_checkpoint,
-    set_rng_state,
-)
-from rlhf.engine.context import TrainContext
-from rlhf.engine.distributed import NullLogger, generate_rollout, init_distributed
 from rlhf.model.device import resolve_device
 from rlhf.model.load import embedded_model_dir, load_causal_lm
 from rlhf.model.policy import build_policy, count_parameters
 from rlhf.report.io import atomic_write_json
-from rlhf.report.logger import MetricsLogger
+from rlhf.report.logger import MetricsLogger, NullLogger
 from rlhf.report.plots import plot_metrics
 from rlhf.reward import build_reward
+from rlhf.reward.base import RewardContext
+from rlhf.rollout import build_rollout_engine
 from rlhf.rollout.base import SamplingParams, greedy_replies
+from rlhf.rollout.sampling import generate_rollout
 from rlhf.rollout.weight_sync import named_weights_for_sync
 from rlhf.task import build_task
-from rlhf.train_setup import (
-    build_engine,
-    build_optimizer,
-    setup_deepspeed,
-    setup_torch,
-    trainable_params,
-)
 
 log = logging.getLogger(__name__)
 
@@ -75,18 +64,13 @@ class Trainer:
         test = self.task.items("test")
         self.test_items = test[: cfg.num_eval] if cfg.num_eval else test
         self.sampler = PromptSampler(len(self.train_items), cfg.seed)
-        self.params = trainable_params(self.policy)
-        self.ds = setup_deepspeed(cfg, self.policy, self.dist) if cfg.hardware.deepspeed_stage else None
-        if self.ds is not None:
-            self.optimizer, self.scheduler = self.ds.optimizer, self.ds.scheduler
-        else:
-            self.optimizer, self.scheduler = build_optimizer(self.policy, cfg.algo)
+        self.backend = build_backend(cfg, self.policy, self.dist)  # optimizer, schedule, backward, checkpoints
         a = cfg.algo
         self.kl_ctl = build_kl_controller(a.kl_controller, a.kl_coef, a.kl_target, a.kl_horizon)
         self.logger = (MetricsLogger(self.run_dir, cfg.logging, as_dict(cfg), name=self.run_dir.name)
                        if self.dist.is_main else NullLogger())
-        self.engine = build_engine(cfg, self.policy, self.tokenizer, self.device, model_dir)
-        ctx = TrainContext(cfg=cfg, tokenizer=self.tokenizer, run_dir=self.run_dir, device=self.device,
+        self.rollout_engine = build_rollout_engine(cfg, self.policy.generation_model(), self.tokenizer, self.device, model_dir)
+        ctx = RewardContext(cfg=cfg, tokenizer=self.tokenizer, run_dir=self.run_dir, device=self.device,
                            actor_model=self.policy.model, reference_model=self.policy.ref_model,
                            log=self.logger.log)
         self.reward = build_reward(cfg, ctx)
@@ -112,25 +96,15 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------------ state
     def trainer_state(self) -> Dict[str, Any]:
-        return {"optimizer": self.optimizer.state_dict() if self.ds is None else None,  # DeepSpeed saves its own
-                "scheduler": self.scheduler.state_dict(),
-                "kl_ctl": self.kl_ctl.state_dict(), "sampler": self.sampler.state_dict(),
+        """What the loop itself must restore; the backend adds weights, optimizer, schedule and RNG."""
+        return {"kl_ctl": self.kl_ctl.state_dict(), "sampler": self.sampler.state_dict(),
                 "bad_steps": self.bad_steps, "evals": self.evals}
 
     def _resume(self) -> None:
         ckpt = resolve_resume(self.cfg.resume, self.run_dir)
         if ckpt is None:
             return
-        if self.ds is not None:
-            state = self.ds.load_checkpoint(ckpt)  # weights, optimizer partitions, this rank's RNG
-        else:
-            load_weights_into(self.policy, ckpt)
-            state = load_trainer_state(ckpt)
-            if state["optimizer"] is None:
-                raise ValueError(f"resume: {ckpt} was written by DeepSpeed (optimizer partitions in deepspeed/); resume "
-                                 "it with the same hardware preset and world size")
-            self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        state = self.backend.load(ckpt)  # weights, optimizer (partitions), schedule, this rank's RNG
         self.kl_ctl.load_state_dict(state["kl_ctl"])
         self.sampler.load_state_dict(state["sampler"])
         self.bad_steps, self.evals, self.step = state["bad_steps"], state.get("evals", {}), state["step"]
@@ -144,19 +118,15 @@ class Trainer:
             log.info("resumed from %s at step %d", ckpt, self.step)
 
     def save(self) -> Path:
-        saver = save_checkpoint if self.ds is None else self.ds.save_checkpoint  # the DeepSpeed one is collective
-        return saver(self.run_dir, self.step, self.policy, self.tokenizer, self.trainer_state(),
-                     self.cfg.keep_checkpoints)
-
-    def _generation(self):
-        """ZeRO-3 gathers the actor for generation; a no-op otherwise."""
-        return self.ds.generation_context() if self.ds is not None else contextlib.nullcontext()
+        """Collective in a multi-rank run: every rank calls it."""
+        return self.backend.save(self.run_dir, self.step, self.tokenizer, self.trainer_state(),
+                                 self.cfg.keep_checkpoints)
 
     def _sync_engine(self) -> float:
         if self.cfg.hardware.rollout != "vllm":
             return 0.0
         t0 = time.perf_counter()
-        self.engine.load_weights(named_weights_for_sync(self.policy.model))
+        self.rollout_engine.load_weights(named_weights_for_sync(self.policy.model))
         return time.perf_counter() - t0
 
     # ------------------------------------------------------------------------------------------------- eval
@@ -165,9 +135,9 @@ class Trainer:
         g = self.cfg.generation
         items = self.dist.shard(self.test_items)  # each rank evaluates its shard of the split
         with torch.no_grad():
-            with self._generation():
+            with self.backend.generation():
                 prompts = [self.task.prompt_text(self.tokenizer, it) for it in items]
-                replies, lengths = greedy_replies(self.engine, prompts, g.eval_batch_size, g.eval_max_new_tokens,
+                replies, lengths = greedy_replies(self.rollout_engine, prompts, g.eval_batch_size, g.eval_max_new_tokens,
                                                   self.cfg.logging.progress and self.dist.is_main, f"eval {tag}")
             scorer = self.reward.score_replies if self.task.kind == "chat" else None
             res = self.task.metrics(items, replies, lengths, scorer)
@@ -191,9 +161,10 @@ class Trainer:
         prompts = [self.task.prompt_text(self.tokenizer, it) for it in items]
         sampling = SamplingParams(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p,
                                   top_k=g.top_k, n=a.samples_per_prompt, stop=list(g.stop))
-        with self._generation():
-            rollout = generate_rollout(self.engine, prompts, sampling, [it.meta for it in items],
-                                       seed=cfg.seed, step=draw, dist=self.dist, first_index=lo,
+        with self.backend.generation():
+            rollout = generate_rollout(self.rollout_engine, prompts, sampling, [it.meta for it in items],
+                                       seed=cfg.seed, step=draw, rank=self.dist.rank if self.dist.active else None,
+                                       first_index=lo,
                                        per_prompt=cfg.hardware.rollout_seed_per_prompt,
                                        pad_id=self.tokenizer.pad_token_id)
         t_gen = time.perf_counter()
@@ -202,16 +173,11 @@ class Trainer:
         if not self.dist.all_true(torch.isfinite(scored.rewards).all()):
             raise NonFiniteError(f"reward: {int((~torch.isfinite(scored.rewards)).sum())} non-finite rewards")
         kl_coef = self.kl_ctl.value
-        actor = self.ds.engine if self.ds is not None else self.policy
-        exp, exp_metrics = make_experience(actor, rollout, scored.rewards, la, kl_coef, g.temperature or 1.0,
-                                           self.device, self.dist.all_sum if self.dist.active else None)
+        exp, exp_metrics = make_experience(self.backend.model, rollout, scored.rewards, la, kl_coef, g.temperature or 1.0,
+                                           self.device, self.backend.all_sum)
         exp_metrics = self.dist.reduce_metrics(exp_metrics)  # the global KL, before the controller sees it
         t_exp = time.perf_counter()
-        if self.ds is not None:
-            upd = self.ds.update(exp, la, kl_coef, g.temperature or 1.0)
-        else:
-            upd = update(self.policy, exp, a, self.optimizer, self.scheduler, kl_coef, g.temperature or 1.0,
-                         self.params)
+        upd = update(self.backend.model, exp, la, kl_coef, g.temperature or 1.0, self.backend)
         t_upd = time.perf_counter()
         if upd["optimizer_steps"] == 0:
             raise NonFiniteError(f"update: all {int(upd['skipped_updates'])} minibatches had a non-finite loss or "
@@ -230,7 +196,7 @@ class Trainer:
             **exp_metrics, **upd, "kl_coef": kl_coef,
             "response_length": float(rollout.response_lengths.float().mean()),
             "finished_frac": float(rollout.finished.float().mean()) if rollout.finished is not None else 1.0,
-            "lr": self.scheduler.get_last_lr()[0],
+            "lr": self.backend.lr,
             "tokens_per_s": gen_tokens / total, "gen_tokens_per_s": gen_tokens / max(t_gen - t0, 1e-9),
             "step_seconds": total, "time/generate": t_gen - t0, "time/reward": t_rew - t_gen,
             "time/experience": t_exp - t_rew, "time/update": t_upd - t_exp, "time/sync": t_sync,

@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import test_update as T  # noqa: E402
 
 from rlhf.algo import step as algo_step  # noqa: E402
+from rlhf.backend.distributed import init_distributed  # noqa: E402
 from rlhf.config import Config, HardwareConfig  # noqa: E402
-from rlhf.engine.distributed import init_distributed  # noqa: E402
 
 SEED = 7
 
@@ -30,7 +30,7 @@ SEED = 7
 def run(hw, dist, loss_agg: str, bad_row=None, **algo):
     from deepspeed.utils import safe_get_full_grad
 
-    from rlhf.engine.deepspeed_setup import DeepSpeedRuntime
+    from rlhf.backend.zero import DeepSpeedBackend
 
     policy, exp, cfg = T.accumulation_setup("ppo", loss_agg)
     if bad_row is not None:
@@ -38,20 +38,16 @@ def run(hw, dist, loss_agg: str, bad_row=None, **algo):
         adv[bad_row] = float("nan")
         exp = dataclasses.replace(exp, advantages=adv)
     cfg = dataclasses.replace(cfg, **algo)
-    rt = DeepSpeedRuntime(Config(algo=cfg, hardware=hw), policy, dist)
-    grads, step = [], rt._step
+    backend = DeepSpeedBackend(Config(algo=cfg, hardware=hw), policy, dist)
+    grads, step = [], backend.step
 
     def recording_step():
-        grads.append([safe_get_full_grad(p).detach().clone() for p in rt.engine.module.parameters() if p.requires_grad])
-        step()
+        grads.append([safe_get_full_grad(p).detach().clone() for p in backend.ds_engine.module.parameters()
+                      if p.requires_grad])
+        return step()
 
-    rt._step = recording_step
-    update, gen = algo_step.update, torch.Generator().manual_seed(SEED)
-    algo_step.update = lambda *a, **kw: update(*a, **{**kw, "generator": gen})
-    try:
-        stats = rt.update(exp, cfg, 0.1, 1.0)
-    finally:
-        algo_step.update = update
+    backend.step = recording_step
+    stats = algo_step.update(backend.model, exp, cfg, 0.1, 1.0, backend, generator=torch.Generator().manual_seed(SEED))
     return grads, stats
 
 

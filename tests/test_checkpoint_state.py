@@ -16,13 +16,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from launch import run_train
-from rlhf.engine.checkpoint import (
-    load_state, load_trainer_state, remove_stale_tmp, resolve_resume, rng_state, save_state, set_rng_state,
+
+from rlhf.backend.checkpoint import (
+    load_state,
+    load_trainer_state,
+    remove_stale_tmp,
+    resolve_resume,
+    rng_state,
+    save_state,
+    set_rng_state,
 )
-from rlhf.engine.safe_pickle import (
-    ALLOWED_GLOBALS, UnsafePickleError, check_pickle, check_torch_dir, check_torch_file, compat_remapped,
+from rlhf.backend.safe_pickle import (
+    ALLOWED_GLOBALS,
+    UnsafePickleError,
+    check_pickle,
+    check_torch_dir,
+    check_torch_file,
+    compat_remapped,
     pickle_globals,
 )
 
@@ -440,7 +451,7 @@ def _ds_checkpoint(tmp_path, payload, tag: str = "zero") -> Path:
     ckpt = tmp_path / "checkpoints" / "step_000001"
     (ckpt / "deepspeed" / "zero").mkdir(parents=True)
     torch.save(payload, ckpt / "deepspeed" / "zero" / "mp_rank_00_model_states.pt")
-    save_state(ckpt, "trainer_state", {"step": 1, "optimizer": None, "rng": rng_state(),
+    save_state(ckpt, "trainer_state", {"step": 1, "optimizer": None, "scheduler": {}, "rng": rng_state(),
                                        "deepspeed": {"zero_stage": 2, "world_size": 1, "tag": tag}})
     save_state(ckpt, "rng_rank0", {"torch": torch.arange(3, dtype=torch.uint8)})
     (ckpt / "COMPLETE").write_text("1\n")
@@ -448,25 +459,26 @@ def _ds_checkpoint(tmp_path, payload, tag: str = "zero") -> Path:
 
 
 def test_deepspeed_resume_scans_before_deepspeed_unpickles(tmp_path):
-    """DeepSpeedRuntime.load_checkpoint on a stub runtime: a trapped deepspeed/ file never reaches the engine."""
+    """DeepSpeedBackend.load on a stub backend: a trapped deepspeed/ file never reaches DeepSpeed's engine."""
     from types import SimpleNamespace
 
-    from rlhf.engine.deepspeed_setup import DeepSpeedRuntime
+    from rlhf.backend.zero import DeepSpeedBackend
 
-    runtime = SimpleNamespace(stage=2, dist=SimpleNamespace(world_size=1, rank=0), engine=_StubEngine())
+    runtime = SimpleNamespace(stage=2, dist=SimpleNamespace(world_size=1, rank=0), ds_engine=_StubEngine(),
+                              scheduler=SimpleNamespace(load_state_dict=lambda state: None))
     good = _ds_checkpoint(tmp_path / "good", {"module": OrderedDict(w=torch.ones(2))})
-    state = DeepSpeedRuntime.load_checkpoint(runtime, good)
-    assert runtime.engine.calls == [str(good / "deepspeed")] and state["step"] == 1
+    state = DeepSpeedBackend.load(runtime, good)
+    assert runtime.ds_engine.calls == [str(good / "deepspeed")] and state["step"] == 1
     assert torch.equal(state["rng"]["torch"], torch.arange(3, dtype=torch.uint8))  # this rank's RNG file
 
     marker = tmp_path / "MARKER"
     bad = _ds_checkpoint(tmp_path / "bad", {"module": {}, "x": _System(marker)})
     with pytest.raises(ValueError, match="^resume: .*mp_rank_00_model_states.pt.*posix.system.*not on the allow-list"):
-        DeepSpeedRuntime.load_checkpoint(runtime, bad)
-    assert runtime.engine.calls == [str(good / "deepspeed")] and not marker.exists()
+        DeepSpeedBackend.load(runtime, bad)
+    assert runtime.ds_engine.calls == [str(good / "deepspeed")] and not marker.exists()
 
     # the tag names the directory DeepSpeed reads: one pointing outside deepspeed/ (never scanned) is refused
     outside = _ds_checkpoint(tmp_path / "outside", {"module": {}}, tag="../../../elsewhere")
     with pytest.raises(ValueError, match="unexpected DeepSpeed tag"):
-        DeepSpeedRuntime.load_checkpoint(runtime, outside)
-    assert len(runtime.engine.calls) == 1
+        DeepSpeedBackend.load(runtime, outside)
+    assert len(runtime.ds_engine.calls) == 1

@@ -33,11 +33,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from launch import PY, ROOT, child_env, learning_rows, metric_rows, run_train, train_cmd
 from safetensors.torch import load_file
 
-from launch import PY, ROOT, child_env, learning_rows, metric_rows, run_train, train_cmd
-from rlhf.engine.distributed import DistContext, check_world_config, concat_rollouts, free_port
-from rlhf.engine.safe_pickle import check_torch_dir
+from rlhf.backend.distributed import DistContext, check_world_config, free_port
+from rlhf.backend.safe_pickle import check_torch_dir
+from rlhf.rollout.sampling import concat_rollouts
 
 pytestmark = pytest.mark.distributed
 
@@ -129,8 +130,8 @@ def test_two_ranks_match_single_process(single, zero_runs, tmp_path_factory, nam
     assert len(check_torch_dir(ckpt / "deepspeed")) >= 2
     assert json.loads((run / "eval.json").read_text())["after"]["n"] == 4
     # the plain loader (rlhf.evaluate, single-process resume) reads the DeepSpeed checkpoint's weights
+    from rlhf.backend.checkpoint import load_weights_into
     from rlhf.config import ModelConfig
-    from rlhf.engine.checkpoint import load_weights_into
     from rlhf.model.load import load_causal_lm
     from rlhf.model.policy import build_policy
 
@@ -225,12 +226,12 @@ def test_world_size_checks_name_the_key(overrides, world, key):
 def test_bad_world_size_fails_at_startup(tmp_path):
     proc = subprocess.run(train_cmd(tmp_path, "hardware=zero2", "algo.prompts_per_step=4"), cwd=ROOT,
                           capture_output=True, text=True, env=child_env(WORLD_SIZE="3", RANK="0"), timeout=120)
-    assert proc.returncode == 2 and "config error: algo.prompts_per_step: 4 (global) must be divisible by the " \
+    assert proc.returncode == 2 and "error: algo.prompts_per_step: 4 (global) must be divisible by the " \
         "world size 3" in proc.stderr, proc.stderr[-2000:]
 
 
 def test_deepspeed_config_presets():
-    from rlhf.engine.deepspeed_setup import deepspeed_config
+    from rlhf.backend.zero import deepspeed_config
 
     ds = deepspeed_config(_cfg("hardware=zero3_offload", "algo.minibatch_size=8", "algo.max_grad_norm=0.5"), 2)
     assert ds["zero_optimization"]["stage"] == 3
@@ -298,7 +299,7 @@ def _group_timeout_worker(rank: int, init_file: str, out_dir: str) -> None:
     import torch.distributed as dist
     from deepspeed.utils import groups
 
-    from rlhf.engine.deepspeed_setup import timed_world_group_clone
+    from rlhf.backend.zero import timed_world_group_clone
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2,
                             timeout=datetime.timedelta(seconds=60))

@@ -16,8 +16,8 @@ from rlhf.config import (
     ModelConfig,
     RewardConfig,
 )
-from rlhf.engine.context import TrainContext
 from rlhf.reward import build_reward
+from rlhf.reward.base import RewardContext
 from rlhf.reward.judge_reward import (
     JudgeReward,
     affine,
@@ -46,8 +46,8 @@ def make_cfg(name: str, judge_kw=None, **reward) -> Config:
                   reward=RewardConfig(name=name, **reward), algo=AlgoConfig(), hardware=HardwareConfig())
 
 
-def make_context(cfg, tmp_path, log=None) -> TrainContext:
-    return TrainContext(cfg=cfg, tokenizer=None, run_dir=tmp_path, device=torch.device("cpu"), log=log)
+def make_context(cfg, tmp_path, log=None) -> RewardContext:
+    return RewardContext(cfg=cfg, tokenizer=None, run_dir=tmp_path, device=torch.device("cpu"), log=log)
 
 
 def test_reference_solution_and_affine():

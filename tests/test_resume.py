@@ -16,10 +16,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from launch import ROOT, child_env, learning_rows, metric_rows, run_train, train_cmd
 from safetensors.torch import load_file
 
-from launch import ROOT, child_env, learning_rows, metric_rows, run_train, train_cmd
-from rlhf.engine.checkpoint import latest_checkpoint, load_trainer_state, resolve_resume
+from rlhf.backend.checkpoint import (
+    latest_checkpoint,
+    load_trainer_state,
+    resolve_resume,
+)
 
 RESUME = ["algo=ppo", "steps=4", "save_every=2", "algo.prompts_per_step=2", "algo.samples_per_prompt=2",
           "algo.minibatch_size=2", "algo.lr=1e-3", "algo.critic_lr=1e-3", "algo.entropy_coef=0.05",

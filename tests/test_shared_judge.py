@@ -10,6 +10,7 @@ import torch
 from peft import PeftModel
 from test_judge_reward import make_cfg, make_rollout
 
+from rlhf.backend.checkpoint import write_model_files
 from rlhf.config import (
     ConfigError,
     HardwareConfig,
@@ -18,8 +19,6 @@ from rlhf.config import (
     ModelConfig,
     validate,
 )
-from rlhf.engine.checkpoint import write_model_files
-from rlhf.engine.context import TrainContext
 from rlhf.judge.lora_judge import load_lora_judge, peft_lora_config
 from rlhf.model.load import load_causal_lm
 from rlhf.model.policy import build_policy
@@ -30,6 +29,7 @@ from rlhf.model.shared import (
     add_judge_adapter,
 )
 from rlhf.report.logger import MetricsLogger
+from rlhf.reward.base import RewardContext
 from rlhf.reward.judge_reward import build_judge_reward
 
 TINY = ModelConfig(source="tiny_random")
@@ -47,8 +47,8 @@ def lora_cfg(cfg, enabled: bool = True):
     return replace(cfg, model=replace(cfg.model, lora=replace(cfg.model.lora, enabled=enabled)))
 
 
-def context(cfg, tmp_path, policy, tok, log=None) -> TrainContext:
-    return TrainContext(cfg=cfg, tokenizer=tok, run_dir=tmp_path, device=torch.device("cpu"),
+def context(cfg, tmp_path, policy, tok, log=None) -> RewardContext:
+    return RewardContext(cfg=cfg, tokenizer=tok, run_dir=tmp_path, device=torch.device("cpu"),
                         actor_model=policy.model, reference_model=policy.ref_model, log=log)
 
 
@@ -95,7 +95,7 @@ def test_rubric_judge_on_shared_base_scores_like_a_copy(tmp_path):
     randomize_actor_adapter(policy)  # the judge must not see the actor's adapter
     shared = build_judge_reward(cfg, context(cfg, tmp_path / "a", policy, tok))
     assert isinstance(shared.scorer.model, AdapterView)
-    copy = build_judge_reward(cfg, TrainContext(cfg=cfg, tokenizer=None, run_dir=tmp_path / "b",
+    copy = build_judge_reward(cfg, RewardContext(cfg=cfg, tokenizer=None, run_dir=tmp_path / "b",
                                                 device=torch.device("cpu")))
     assert not isinstance(copy.scorer.model, AdapterView)
     rollout = make_rollout()
@@ -161,7 +161,7 @@ def test_share_base_false_and_impossible_requests(tmp_path):
     with pytest.raises(ConfigError, match="judge.share_base.*lora"):
         validate(full)
     with pytest.raises(ValueError, match="judge.share_base"):  # required, but no actor was handed over
-        build_judge_reward(bad, TrainContext(cfg=bad, tokenizer=None, run_dir=tmp_path, device=torch.device("cpu")))
+        build_judge_reward(bad, RewardContext(cfg=bad, tokenizer=None, run_dir=tmp_path, device=torch.device("cpu")))
 
 
 def test_resume_truncation_keeps_other_phases(tmp_path):

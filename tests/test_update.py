@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from rlhf.algo.step import make_experience, update
+from rlhf.backend.base import TorchBackend, trainable_params
 from rlhf.config import AlgoConfig, LoraConfig, ModelConfig
 from rlhf.model.load import load_causal_lm
 from rlhf.model.policy import build_policy
 from rlhf.rollout.base import SamplingParams
 from rlhf.rollout.hf_engine import HFEngine
-from rlhf.train_setup import build_optimizer, trainable_params
 
 
 def tiny_policy(lora: bool = False, value_head: bool = False):
@@ -44,8 +44,7 @@ def test_update_raises_logprob_of_rewarded_samples(algo):
     exp, metrics = make_experience(policy, rollout, scores, cfg, 0.0, 1.0, torch.device("cpu"))
     good, bad = torch.tensor([0, 3]), torch.tensor([1, 2])
     before_good, before_bad = seq_logprob(policy, exp, good), seq_logprob(policy, exp, bad)
-    opt, sched = build_optimizer(policy, cfg)
-    stats = update(policy, exp, cfg, opt, sched, 0.0, 1.0, trainable_params(policy))
+    stats = update(policy, exp, cfg, 0.0, 1.0, TorchBackend(policy, cfg))
     assert stats["optimizer_steps"] == 4 and stats["skipped_updates"] == 0
     assert (seq_logprob(policy, exp, good) > before_good).all()
     assert (seq_logprob(policy, exp, bad) < before_bad).all()
@@ -64,8 +63,7 @@ def test_lora_reference_is_base_with_adapter_disabled():
     # LoRA B starts at zero: policy == reference, so the KL is exactly zero before training
     assert torch.allclose(exp.old_logprobs, exp.ref_logprobs, atol=1e-6) and m["kl"] == pytest.approx(0.0, abs=1e-6)
     n_params = sum(p.numel() for p in policy.parameters())
-    opt, sched = build_optimizer(policy, cfg)
-    update(policy, exp, cfg, opt, sched, cfg.kl_coef, 1.0, trainable_params(policy))
+    update(policy, exp, cfg, cfg.kl_coef, 1.0, TorchBackend(policy, cfg))
     after = make_experience(policy, rollout, scores, cfg, cfg.kl_coef, 1.0, torch.device("cpu"))[0]
     assert torch.allclose(after.ref_logprobs, exp.ref_logprobs, atol=1e-6)  # reference did not move
     assert not torch.allclose(after.old_logprobs, exp.old_logprobs, atol=1e-4)  # the policy did
@@ -80,8 +78,7 @@ def test_non_finite_loss_is_skipped_not_applied():
     exp, _ = make_experience(policy, rollout, torch.tensor([1.0, 0.0, 0.0, 1.0]), cfg, 0.0, 1.0, torch.device("cpu"))
     exp = dataclasses.replace(exp, advantages=torch.full_like(exp.advantages, float("nan")))
     before = {k: v.clone() for k, v in policy.model.state_dict().items()}
-    opt, sched = build_optimizer(policy, cfg)
-    stats = update(policy, exp, cfg, opt, sched, 0.0, 1.0, trainable_params(policy))
+    stats = update(policy, exp, cfg, 0.0, 1.0, TorchBackend(policy, cfg))
     assert stats["skipped_updates"] == 2 and stats["optimizer_steps"] == 0
     assert all(torch.equal(v, policy.model.state_dict()[k]) for k, v in before.items())
 
@@ -127,16 +124,23 @@ def accumulation_setup(algo: str, loss_agg: str):
     return policy, exp, cfg
 
 
+class RecordingBackend(TorchBackend):
+    """A plain backend whose step records the accumulated gradient instead of applying it (weights stay put)."""
+
+    def __init__(self, policy, cfg):
+        super().__init__(policy, cfg)
+        self.seen = []
+
+    def step(self):
+        self.seen.append([p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in self.params])
+        self.optimizer.zero_grad(set_to_none=True)
+        return 0.0
+
+
 def grads_per_step(policy, exp, cfg, kl_coef=0.1):
-    """update() with a step that records the gradients instead of applying them (weights stay put)."""
-    params = trainable_params(policy)
-    opt = torch.optim.SGD(params, lr=0.0)
-    seen = []
-    step = lambda: seen.append([p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p)  # noqa: E731
-                                for p in params])
-    stats = update(policy, exp, cfg, opt, None, kl_coef, 1.0, params, generator=torch.Generator().manual_seed(7),
-                   step_fn=step)
-    return seen, stats
+    backend = RecordingBackend(policy, cfg)
+    stats = update(policy, exp, cfg, kl_coef, 1.0, backend, generator=torch.Generator().manual_seed(7))
+    return backend.seen, stats
 
 
 @pytest.mark.parametrize("algo,loss_agg", [("ppo", "token_mean"), ("ppo", "seq_mean"), ("grpo", "token_mean"),
@@ -182,10 +186,10 @@ def test_non_finite_micro_batch_skips_its_whole_minibatch():
     assert all(torch.equal(a, b) for a, b in zip(clean[1], got[0]))
     # with a real optimizer: the skipped minibatch changes nothing
     before = {k: v.clone() for k, v in policy.model.state_dict().items()}
-    opt, sched = build_optimizer(policy, cfg)
     exp_all_bad = dataclasses.replace(exp, advantages=adv)
-    stats = update(policy, exp_all_bad, dataclasses.replace(cfg, minibatch_size=8, micro_batch_size=2), opt, sched,
-                   0.1, 1.0, trainable_params(policy), generator=torch.Generator().manual_seed(7))
+    all_bad_cfg = dataclasses.replace(cfg, minibatch_size=8, micro_batch_size=2)
+    stats = update(policy, exp_all_bad, all_bad_cfg, 0.1, 1.0, TorchBackend(policy, all_bad_cfg),
+                   generator=torch.Generator().manual_seed(7))
     assert stats["skipped_updates"] == 1 and stats["optimizer_steps"] == 0
     assert all(torch.equal(v, policy.model.state_dict()[k]) for k, v in before.items())
     assert all(p.grad is None for p in trainable_params(policy))

@@ -2,13 +2,13 @@
 
 The algorithms differ only in `compute_advantages` (GAE with a critic vs. group-relative without one) and in
 where the KL term goes (reward penalty vs. loss term) — both chosen by config, so the boundary stays honest.
+How the update is applied (optimizer, accumulation, clipping, ranks) is a training backend's (`UpdateHooks`).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Protocol, Tuple
 
 import torch
 
@@ -198,28 +198,38 @@ def minibatch_loss(policy: Policy, mb: Experience, cfg: AlgoConfig, kl_coef: flo
     return loss, stats
 
 
-def update(policy: Policy, exp: Experience, cfg: AlgoConfig, optimizer, scheduler, kl_coef: float,
-           temperature: float, params: List[torch.nn.Parameter], generator: Optional[torch.Generator] = None,
-           backward=None, step_fn=None, all_finite=None, boundary: Optional[Callable[[bool], None]] = None,
-           discard: Optional[Callable[[torch.Tensor], None]] = None, all_sum: Optional[SumFn] = None,
-           world_size: int = 1) -> Dict[str, float]:
-    """`epochs` passes of shuffled minibatches, one optimizer step each. A minibatch whose loss or gradient is not
-    finite is skipped. all_sum/world_size (data parallel): loss weights use the global minibatch (micro_weights).
+class UpdateHooks(Protocol):
+    """How `update` trains, supplied by a training backend (rlhf/backend/): the algorithm never sees the optimizer,
+    the distributed setup or the process group."""
+
+    all_sum: Optional[SumFn]  # sums a tensor over data-parallel ranks (None: one process)
+    world_size: int
+
+    def backward(self, loss: torch.Tensor, accumulate: bool, is_last: bool) -> None:
+        """Backpropagate one chunk's (weighted) loss; accumulate: the minibatch has several chunks, is_last: this is
+        its last (the gradient-accumulation boundary)."""
+
+    def discard(self, loss: torch.Tensor) -> None:
+        """Drop the gradients accumulated so far in this minibatch (a later chunk's loss was not finite)."""
+
+    def step(self) -> Optional[float]:
+        """Clip and apply the accumulated gradient: its norm, or None when the step was skipped (non-finite)."""
+
+    def all_finite(self, t: torch.Tensor) -> bool:
+        """Whether t is finite on every rank (the skip decision is taken together)."""
+
+
+def update(policy: Policy, exp: Experience, cfg: AlgoConfig, kl_coef: float, temperature: float,
+           hooks: UpdateHooks, generator: Optional[torch.Generator] = None) -> Dict[str, float]:
+    """`epochs` passes of shuffled minibatches, one optimizer step each; a minibatch whose loss or gradient is not
+    finite is skipped.
 
     Each minibatch runs as forward/backward passes over chunks of algo.micro_batch_size samples whose gradients are
-    accumulated; every chunk's loss is weighted by its share of the minibatch (micro_weights), so the accumulated
-    gradient, and every returned stat, is the whole minibatch's.
-
-    backward/step_fn let a DeepSpeed engine replace loss.backward() and optimizer.step(); all_finite(tensor) -> bool
-    lets several ranks take the skip decision together (default: this process's torch.isfinite). With more than one
-    chunk per minibatch, boundary(is_last) is called before each chunk's backward (DeepSpeed: the gradient
-    accumulation boundary), and discard(loss) drops the gradients already accumulated when a later chunk's loss is not
-    finite (default: optimizer.zero_grad; the chunk's loss, its graph still alive, is passed for DeepSpeed).
-    Returns mean stats plus `skipped_updates` and `grad_norm`.
+    accumulated; every chunk's loss is weighted by its share of the minibatch (micro_weights, over the global minibatch
+    under data parallelism), so the accumulated gradient, and every returned stat, is the whole minibatch's.
+    Returns mean stats plus `skipped_updates`, `optimizer_steps` and `grad_norm`.
     """
     B = exp.input_ids.shape[0]
-    finite = all_finite or (lambda t: bool(torch.isfinite(t).all()))
-    backward = backward or (lambda l: l.backward())
     sums: Dict[str, float] = {}
     count, skipped = 0, 0
     for _ in range(cfg.epochs):
@@ -227,39 +237,31 @@ def update(policy: Policy, exp: Experience, cfg: AlgoConfig, optimizer, schedule
         for s in _chunks(B, cfg.minibatch_size):
             mb = exp.select(perm[s].to(exp.input_ids.device))
             chunks = _chunks(mb.input_ids.shape[0], micro_size(cfg))
-            weights, token_weights = micro_weights(mb.mask, chunks, cfg.loss_agg, all_sum, world_size)
-            weighted = len(chunks) > 1 or all_sum is not None
+            weights, token_weights = micro_weights(mb.mask, chunks, cfg.loss_agg, hooks.all_sum, hooks.world_size)
+            weighted = len(chunks) > 1 or hooks.all_sum is not None
             stats: Dict[str, torch.Tensor] = {}
             ok = True
             for i, (c, w, tw) in enumerate(zip(chunks, weights, token_weights)):
                 mloss, mstats = minibatch_loss(policy, mb.select(c) if len(chunks) > 1 else mb, cfg, kl_coef,
                                                temperature)
-                if not finite(mloss):
-                    if i > 0 and discard is not None:
-                        discard(mloss)
-                    optimizer.zero_grad(set_to_none=True)
+                if not hooks.all_finite(mloss):
+                    if i > 0:
+                        hooks.discard(mloss)
                     ok = False
                     break
                 for k, v in mstats.items():
                     v = v * (tw if k in TOKEN_MEAN_STATS else w) if weighted else v
                     stats[k] = stats[k] + v if k in stats else v
-                if boundary is not None and len(chunks) > 1:
-                    boundary(i == len(chunks) - 1)
-                backward(mloss * w if weighted else mloss)
+                hooks.backward(mloss * w if weighted else mloss, len(chunks) > 1, i == len(chunks) - 1)
                 del mloss
             if not ok:
                 skipped += 1
                 continue
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
-            if not finite(grad_norm):
-                optimizer.zero_grad(set_to_none=True)
+            grad_norm = hooks.step()
+            if grad_norm is None:
                 skipped += 1
                 continue
-            (step_fn or optimizer.step)()
-            if scheduler is not None:
-                scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            stats["grad_norm"] = grad_norm.detach()
+            stats["grad_norm"] = torch.tensor(grad_norm)
             for k, v in stats.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
             count += 1

@@ -20,8 +20,11 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
+
+import datasets
 
 from rlhf.config import DatasetConfig
 from rlhf.dataset.math_data import judge_prompt
@@ -198,8 +201,6 @@ def _read_local(path: str) -> List[Dict[str, Any]]:
     if not p.is_file():
         raise FileNotFoundError(f"dataset.path: {path} does not exist")
     if p.suffix == ".parquet":
-        import datasets
-
         return list(datasets.Dataset.from_parquet(str(p)))
     if p.suffix == ".json":
         data = json.loads(p.read_text())
@@ -216,8 +217,6 @@ def _read_source(cfg: DatasetConfig, split: str) -> List[Dict[str, Any]]:
         return _read_local(cfg.path.replace("{split}", split))
     if not cfg.hub_id:
         raise ValueError(f"dataset {cfg.name}: set dataset.path (local file) or dataset.hub_id")
-    import datasets
-
     if cfg.name == "hh_rlhf":
         ds = datasets.load_dataset(cfg.hub_id, data_dir=cfg.hub_config, split=split)
     elif cfg.name == "rewardbench":
@@ -285,8 +284,6 @@ def load_pref_split(cfg: DatasetConfig, split: str):
 
     At most dataset.num_train (split "train") or dataset.num_test rows (any other split) are kept, in source order.
     """
-    import datasets
-
     rows = pref_rows(cfg, split)
     cap = cfg.num_train if split == "train" else cfg.num_test
     rows = rows[:cap] if cap and cap > 0 else rows
@@ -298,8 +295,6 @@ def load_pref_split(cfg: DatasetConfig, split: str):
 
 def demo_pool_rows(cfg: DatasetConfig, n: int = 48) -> List[Dict[str, Any]]:
     """Candidate in-context demonstrations: the first n train pairs of the dataset (never test problems)."""
-    from dataclasses import replace
-
     if cfg.name == "synthetic_prefs":
         return synthetic_rows(replace(cfg, num_train=n), "train")
     return pref_rows(cfg, "train")[:n]

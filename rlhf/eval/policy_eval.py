@@ -6,17 +6,16 @@ from pathlib import Path
 
 import torch
 
+from rlhf.backend.checkpoint import load_weights_into
+from rlhf.model.device import resolve_device
+from rlhf.model.load import load_causal_lm
+from rlhf.model.policy import build_policy
+from rlhf.rollout.hf_engine import HFEngine
 from rlhf.task.math import MathTask
 
 
 def run_model_task(cfg) -> tuple[dict, str]:
     """`python -m rlhf.evaluate task=gsm8k [checkpoint=DIR]`: greedy EM of a model (+ trained weights) on a test split."""
-    from rlhf.engine.checkpoint import load_weights_into
-    from rlhf.model.device import resolve_device
-    from rlhf.model.load import load_causal_lm
-    from rlhf.model.policy import build_policy
-    from rlhf.rollout.hf_engine import HFEngine
-
     device = resolve_device(cfg.hardware)
     model, tok = load_causal_lm(cfg.model, cfg.hardware.dtype, seed=cfg.seed)
     if cfg.checkpoint:

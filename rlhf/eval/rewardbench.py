@@ -16,6 +16,7 @@ Entry points for ``python -m rlhf.evaluate``: ``run_task`` (task=rewardbench) an
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections import OrderedDict
@@ -209,8 +210,6 @@ def read_score_file(path: str, what: str = "scores") -> List[Dict[str, Any]]:
     Fails with one line naming ``what`` (the config key), the file and, for a bad line, its line number: a missing,
     undecodable or empty file, a line that is not a JSON object, a missing field, a subset that is not a string, a
     score that is not a finite number (strings, true/false, NaN and Infinity are refused)."""
-    import json
-
     rows: List[Dict[str, Any]] = []
     for lineno, line in enumerate(read_text_file(path, what).splitlines(), start=1):
         if not line.strip():

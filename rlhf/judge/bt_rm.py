@@ -15,6 +15,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
+from peft import get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors.torch import load_file, save_file
 
 from rlhf.config import JudgeConfig, LoraConfig, ModelConfig
 from rlhf.judge.io import (
@@ -120,13 +122,9 @@ class RewardModel(torch.nn.Module):
     # ----------------------------------------------------------------------------------------------- save / load
     def save(self, path: str | Path, model_cfg: Optional[ModelConfig] = None,
              lora_cfg: Optional[LoraConfig] = None) -> Path:
-        from safetensors.torch import save_file
-
         def write(tmp: Path) -> None:
             save_file({k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()}, str(tmp / HEAD))
             if self.lora:
-                from peft import get_peft_model_state_dict
-
                 state = get_peft_model_state_dict(self.backbone)
                 save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp / ADAPTER))
             else:
@@ -161,8 +159,6 @@ def load_reward_model(path: str | Path, model_cfg: Optional[ModelConfig] = None,
                       causal_lm: Optional[torch.nn.Module] = None, tokenizer: Any = None) -> RewardModel:
     """Rebuilds the RM saved by RewardModel.save; model_cfg defaults to the one recorded in rm_meta.json."""
 
-    from safetensors.torch import load_file
-
     path = Path(path)
     meta, model_cfg = read_checkpoint_meta(path, META, "bt_rm", model_cfg)
     lora = LoraConfig(**{**(meta.get("lora_cfg") or asdict(LoraConfig())), "enabled": bool(meta["lora"])})
@@ -170,8 +166,6 @@ def load_reward_model(path: str | Path, model_cfg: Optional[ModelConfig] = None,
     rm = build_reward_model(model_cfg, jc, dtype=dtype, causal_lm=causal_lm, tokenizer=tokenizer)
     rm.head.load_state_dict({k: v.to(rm.head.weight.dtype) for k, v in load_file(str(path / HEAD)).items()})
     if meta["lora"]:
-        from peft import set_peft_model_state_dict
-
         set_peft_model_state_dict(rm.backbone, load_file(str(path / ADAPTER)))
     else:
         rm.backbone.load_state_dict(load_file(str(path / BACKBONE)))

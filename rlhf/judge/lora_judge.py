@@ -15,6 +15,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
+from peft import LoraConfig as PeftLoraConfig
+from peft import PeftModel, get_peft_model
 
 from rlhf.config import JudgeConfig, LoraConfig, ModelConfig
 from rlhf.judge.io import (
@@ -52,8 +54,6 @@ def target_regex(targets: Sequence[str], layers: Sequence[int]) -> str:
 
 
 def peft_lora_config(lora: LoraConfig, task_type: Optional[str] = "CAUSAL_LM", layers: Optional[List[int]] = None):
-    from peft import LoraConfig as PeftLoraConfig
-
     targets: Any = list(lora.target_modules) if layers is None else target_regex(lora.target_modules, layers)
     return PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
                           bias="none", task_type=task_type)
@@ -62,8 +62,6 @@ def peft_lora_config(lora: LoraConfig, task_type: Optional[str] = "CAUSAL_LM", l
 def attach_lora(model: torch.nn.Module, lora: LoraConfig, last_layers: int = 0,
                 task_type: Optional[str] = "CAUSAL_LM") -> torch.nn.Module:
     """Freezes the base and wraps it with a fresh LoRA adapter (only the adapter trains)."""
-    from peft import get_peft_model
-
     for p in model.parameters():
         p.requires_grad_(False)
     layers = top_layers(int(model.config.num_hidden_layers), last_layers)
@@ -196,8 +194,6 @@ def load_lora_judge(path: str | Path, model_cfg: Optional[ModelConfig] = None, d
     """Base model + saved adapter; the rubric/mode/demos recorded at training time unless ``cfg`` overrides them.
 
     ``share_with``: the actor's peft model; the saved adapter is loaded next to the actor's instead of on a copy."""
-    from peft import PeftModel
-
     path = Path(path)
     meta, model_cfg = read_checkpoint_meta(path, META, "lora_judge", model_cfg)
     saved = dict(meta["judge"])

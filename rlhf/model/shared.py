@@ -15,6 +15,8 @@ from typing import Any, Dict, Iterator, Optional
 
 import torch
 import torch.nn as nn
+from peft import get_peft_model_state_dict
+from safetensors.torch import save_file
 
 log = logging.getLogger(__name__)
 
@@ -103,9 +105,6 @@ class AdapterView:
 
     def save_pretrained(self, path: str | Path, **_: Any) -> None:
         """This adapter alone, in the layout of a single-adapter peft save (loadable with PeftModel.from_pretrained)."""
-        from peft import get_peft_model_state_dict
-        from safetensors.torch import save_file
-
         if self.adapter is None:
             raise ValueError("the adapter-free base has nothing to save")
         path = Path(path)

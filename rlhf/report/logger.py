@@ -87,3 +87,16 @@ class MetricsLogger:
 
 def read_metrics(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+class NullLogger:
+    """MetricsLogger stand-in for ranks other than 0: nothing is written."""
+
+    def log(self, metrics: Dict[str, Any], step: int, prefix: str = "") -> None:
+        return None
+
+    def truncate_after(self, step: int) -> None:
+        return None
+
+    def close(self) -> None:
+        return None

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from rlhf.config import Config
-from rlhf.reward.base import RewardOutput, RewardSource
+from rlhf.reward.base import RewardContext, RewardOutput, RewardSource
 from rlhf.reward.exact_match import ExactMatchReward
 from rlhf.reward.judge_reward import build_judge_reward
 
-__all__ = ["RewardOutput", "RewardSource", "build_reward"]
+__all__ = ["RewardContext", "RewardOutput", "RewardSource", "build_reward"]
 
 
-def build_reward(cfg: Config, context: Any) -> RewardSource:
+def build_reward(cfg: Config, context: RewardContext) -> RewardSource:
     """context: the trainer's shared objects (tokenizer, policy, run_dir, device), for judges that share the base."""
     name = cfg.reward.name
     if name == "exact_match":

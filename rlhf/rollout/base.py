@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Protocol, Set, Tuple
 
 import torch
+from tqdm.auto import tqdm
 
 
 @dataclass
@@ -85,8 +86,6 @@ class RolloutEngine(Protocol):
 def greedy_replies(engine: RolloutEngine, prompts: List[str], batch_size: int, max_new_tokens: int,
                    progress: bool = False, desc: str = "eval") -> Tuple[List[str], List[float]]:
     """Greedy replies to rendered prompts in batches, with their lengths in tokens (held-out evaluation)."""
-    from tqdm.auto import tqdm
-
     replies: List[str] = []
     lengths: List[float] = []
     sampling = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, n=1)

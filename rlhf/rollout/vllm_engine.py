@@ -17,6 +17,7 @@ layer's post-load processing (the repacking). vLLM skips layers whose weight is 
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import threading
@@ -27,9 +28,8 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
 import torch  # noqa: E402
 import vllm  # noqa: E402  (ImportError here tells the caller to install the vllm extra)
-from vllm.inputs import TokensPrompt  # noqa: E402
-
 from transformers import GenerationConfig  # noqa: E402
+from vllm.inputs import TokensPrompt  # noqa: E402
 
 from rlhf.config import HardwareConfig  # noqa: E402
 from rlhf.rollout.base import Rollout, SamplingParams, eos_token_ids  # noqa: E402
@@ -84,7 +84,10 @@ def _load_in_worker(worker, weights: List[Tuple[str, torch.Tensor]], layerwise: 
     expected = {n for n, _ in model.named_parameters()}  # kernel-format names; tied params appear once
     partial: List[str] = []
     if layerwise:
-        from vllm.model_executor.model_loader.reload import finalize_layerwise_reload, initialize_layerwise_reload
+        from vllm.model_executor.model_loader.reload import (
+            finalize_layerwise_reload,
+            initialize_layerwise_reload,
+        )
         from vllm.model_executor.model_loader.reload.layerwise import LAYERWISE_INFO
 
         initialize_layerwise_reload(model)
@@ -305,6 +308,4 @@ class VLLMEngine:
             except Exception:  # best effort: the process may be exiting
                 pass
             del llm
-        import gc
-
         gc.collect()

@@ -18,16 +18,16 @@ from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
+from peft import PeftModel
+from peft.tuners.lora import LoraLayer
+from peft.utils.other import ModulesToSaveWrapper
+from safetensors import safe_open
 
 PEFT_ROOT_PREFIXES = ("base_model.model.",)
 
 
 def _unwrap_peft(model: nn.Module) -> Tuple[nn.Module, bool]:
     """(the transformers model with LoRA layers injected, whether it is a peft model)."""
-    try:
-        from peft import PeftModel
-    except ImportError:  # pragma: no cover - peft is a main dependency
-        return model, False
     if isinstance(model, PeftModel):
         return model.get_base_model(), True
     return model, False
@@ -65,11 +65,6 @@ def named_weights_for_sync(model: nn.Module) -> Iterator[Tuple[str, torch.Tensor
     saved by transformers. Tensors stay on the model's device and dtype; the engine converts on load.
     """
     inner, is_peft = _unwrap_peft(model)
-    try:
-        from peft.tuners.lora import LoraLayer
-        from peft.utils.other import ModulesToSaveWrapper
-    except ImportError:  # pragma: no cover
-        LoraLayer, ModulesToSaveWrapper = (), ()
     lora_modules: Dict[str, nn.Module] = {}
     saved_modules: Dict[str, nn.Module] = {}
     if is_peft:
@@ -116,8 +111,6 @@ def checkpoint_shapes(model_dir: str) -> Optional[Dict[str, Tuple[int, ...]]]:
     files = sorted(d.glob("*.safetensors")) if d.is_dir() else []
     if not files:
         return None
-    from safetensors import safe_open
-
     shapes: Dict[str, Tuple[int, ...]] = {}
     for f in files:
         with safe_open(str(f), framework="pt") as sf:

@@ -6,9 +6,10 @@ actor/critic learning rates as param groups; `torch_adam`, so no op has to be co
 the plain path's LambdaLR on DeepSpeed's inner optimizer, stepped only when DeepSpeed applied the step. DeepSpeed
 clips (`gradient_clipping` = algo.max_grad_norm) and skips a step whose global gradient norm is not finite.
 
-The update goes through rlhf.algo.step.update with this module's hooks: forward through the engine, engine.backward,
-a step that records DeepSpeed's global grad norm, and a collective "all ranks finite" check so that a non-finite loss
-on one rank skips the minibatch on every rank (a lone rank skipping would leave its peers waiting in a collective).
+rlhf.algo.step.update drives this backend like the plain one (rlhf/backend/base.py): forward through the engine,
+engine.backward, a step that reports DeepSpeed's global grad norm (None when DeepSpeed skipped it), and a collective
+"all ranks finite" check so that a non-finite loss on one rank skips the minibatch on every rank (a lone rank skipping
+would leave its peers waiting in a collective).
 
 Gradient accumulation (algo.micro_batch_size < minibatch_size): DeepSpeed's gradient_accumulation_steps stays 1, so
 engine.backward does not rescale the loss; update() passes each micro-batch's loss already weighted by its share of
@@ -18,7 +19,7 @@ finalises them only then) and calls engine.step() once per minibatch, after the 
 later micro-batch must drop what ZeRO already accumulated in its own buffers, which only its overflow path clears:
 `_discard` backpropagates a NaN gradient at a boundary and lets engine.step() skip and clear (on every rank).
 
-Generation under ZeRO-3 (`generation_context`): the actor's parameters are gathered once (GatheredParameters) and the
+Generation under ZeRO-3 (`generation`): the actor's parameters are gathered once (GatheredParameters) and the
 ZeRO-3 module hooks are taken off while transformers `generate` runs, so ranks may run different numbers of forward
 passes (different reply lengths) without collectives; the hooks are put back afterwards. The context is entered by
 every rank the same number of times (once per rollout, once per evaluation).
@@ -26,10 +27,10 @@ every rank the same number of times (once per rollout, once per evaluation).
 Checkpoints keep the single-process layout (model/ or adapter/, value_head.safetensors, trainer_state.json +
 .safetensors, COMPLETE), written by rank 0 from gathered weights, so `rlhf.evaluate checkpoint=...` and a plain resume
 read them unchanged; the optimizer partitions are DeepSpeed's own save_checkpoint in deepspeed/ inside the same atomic
-directory, and every rank saves its RNG state as rng_rank<r>.json + .safetensors (rlhf.engine.checkpoint.save_state:
+directory, and every rank saves its RNG state as rng_rank<r>.json + .safetensors (rlhf.backend.checkpoint.save_state:
 no pickle). DeepSpeed's engine.load_checkpoint reads its own .pt files with torch.load(weights_only=False)
 (deepspeed/runtime/checkpoint_engine/torch_checkpoint_engine.py), i.e. it unpickles them: before calling it, every
-pickle under deepspeed/ is scanned (rlhf.engine.safe_pickle, nothing executed) and a checkpoint that references
+pickle under deepspeed/ is scanned (rlhf.backend.safe_pickle, nothing executed) and a checkpoint that references
 anything outside the allow-list of what DeepSpeed writes is refused.
 """
 
@@ -37,23 +38,32 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import datetime
 import hashlib
 import logging
 import math
 import shutil
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, NamedTuple, Optional
+from typing import Any, Dict, Iterator, NamedTuple, Optional
 
 import torch
 import torch.nn as nn
 
-from rlhf.config import Config
-from rlhf.engine.checkpoint import (
-    TRAINER_STATE, checkpoint_root, finalize_checkpoint, load_state, load_trainer_state, prune_checkpoints, rng_state,
-    save_state, write_model_files,
+from rlhf.backend.base import TrainingBackend, optimizer_groups, warmup_schedule
+from rlhf.backend.checkpoint import (
+    TRAINER_STATE,
+    checkpoint_root,
+    finalize_checkpoint,
+    load_state,
+    load_trainer_state,
+    prune_checkpoints,
+    rng_state,
+    save_state,
+    write_model_files,
 )
-from rlhf.engine.distributed import DistContext
-from rlhf.engine.safe_pickle import UnsafePickleError, check_torch_dir
+from rlhf.backend.distributed import DistContext
+from rlhf.backend.safe_pickle import UnsafePickleError, check_torch_dir
+from rlhf.config import Config
 from rlhf.model.policy import Policy
 from rlhf.report.io import atomic_write_json
 
@@ -111,8 +121,6 @@ def timed_world_group_clone(world_size: int, timeout_s: float) -> None:
     """DeepSpeed reduces gradients over its own clone of the world group, which it creates with torch's default
     timeout (30 minutes) rather than the world group's: a hung peer would hold the other ranks there for half an
     hour. Creating that clone first, with hardware.dist_timeout_s, makes DeepSpeed's collectives fail in time too."""
-    import datetime
-
     from deepspeed.utils import groups
 
     if not hasattr(groups, "_WORLD_GROUP"):
@@ -138,79 +146,64 @@ class EngineModule(nn.Module):
         return self.policy.ref_logprobs(*args, **kwargs)
 
 
-class DeepSpeedRuntime:
+class DeepSpeedBackend(TrainingBackend):
     def __init__(self, cfg: Config, policy: Policy, dist: DistContext):
         import deepspeed
 
         self.cfg, self.policy, self.dist = cfg, policy, dist
         self.stage = cfg.hardware.deepspeed_stage
+        self.all_sum, self.world_size = dist.all_sum, dist.world_size
         self.ds_config = deepspeed_config(cfg, dist.world_size)
-        groups: List[Dict[str, Any]] = [{"params": list(policy.actor_parameters()), "lr": cfg.algo.lr, "name": "actor"}]
-        critic = list(policy.critic_parameters())
-        if critic:
-            groups.append({"params": critic, "lr": cfg.algo.critic_lr, "name": "critic"})
         self.module = EngineModule(policy)
         timed_world_group_clone(dist.world_size, cfg.hardware.dist_timeout_s)
-        self.engine, self.optimizer, _, _ = deepspeed.initialize(model=self.module, model_parameters=groups,
-                                                                  config=self.ds_config)
-        inner = getattr(self.engine, "basic_optimizer", None) or self.optimizer.optimizer
-        warmup = cfg.algo.warmup_steps
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            inner, lambda s: min(1.0, (s + 1) / warmup) if warmup > 0 else 1.0)
-        self._norms: List[float] = []
-        self._ds_skipped = 0
+        self.ds_engine, self.optimizer, _, _ = deepspeed.initialize(
+            model=self.module, model_parameters=optimizer_groups(policy, cfg.algo), config=self.ds_config)
+        inner = getattr(self.ds_engine, "basic_optimizer", None) or self.optimizer.optimizer
+        self.scheduler = warmup_schedule(inner, cfg.algo.warmup_steps)
         log.info("DeepSpeed ZeRO-%d%s, world size %d, %s", self.stage, " + CPU offload" if cfg.hardware.deepspeed_offload
                  else "", dist.world_size, cfg.hardware.dtype)
 
+    @property
+    def model(self) -> Any:
+        return self.ds_engine
+
     # ---------------------------------------------------------------------------------------------- update
-    def _step(self) -> None:
-        self.engine.step()
-        norm = self.engine.get_global_grad_norm()
-        applied = self.engine.was_step_applied() if hasattr(self.engine, "was_step_applied") else True
+    def step(self) -> Optional[float]:
+        """DeepSpeed clips and skips a step whose global gradient norm is not finite; the schedule follows only the
+        steps it applied."""
+        self.ds_engine.step()
+        norm = self.ds_engine.get_global_grad_norm()
+        applied = self.ds_engine.was_step_applied() if hasattr(self.ds_engine, "was_step_applied") else True
         if applied and norm is not None and math.isfinite(float(norm)):
             self.scheduler.step()
-            self._norms.append(float(norm))
-        else:
-            self._ds_skipped += 1
+            return float(norm)
+        return None
 
-    def _backward(self, loss: torch.Tensor) -> None:
-        self.engine.backward(loss)
+    def backward(self, loss: torch.Tensor, accumulate: bool, is_last: bool) -> None:
+        if accumulate:  # ZeRO accumulates into its partitions and finalises them only at the boundary
+            self.ds_engine.set_gradient_accumulation_boundary(is_last)
+        self.ds_engine.backward(loss)
 
-    def _boundary(self, is_last: bool) -> None:
-        self.engine.set_gradient_accumulation_boundary(is_last)
+    def all_finite(self, t: torch.Tensor) -> bool:
+        """Collective: a non-finite loss on one rank skips the minibatch on every rank (a lone rank skipping would
+        leave its peers waiting in a collective)."""
+        return self.dist.all_true(torch.isfinite(t).all())
 
-    def _discard(self, loss: torch.Tensor) -> None:
+    def discard(self, loss: torch.Tensor) -> None:
         """Drop this minibatch's gradients accumulated so far (a later micro-batch's loss was not finite on some rank,
         every rank calls this): a NaN gradient reduced at a boundary makes DeepSpeed's step see a non-finite norm, skip
         the update and clear its partitions and accumulation state."""
-        self.engine.set_gradient_accumulation_boundary(True)
-        self.engine.backward(loss * float("nan"))
-        self.engine.step()
-        if self.engine.was_step_applied():
+        self.ds_engine.set_gradient_accumulation_boundary(True)
+        self.ds_engine.backward(loss * float("nan"))
+        self.ds_engine.step()
+        if self.ds_engine.was_step_applied():
             raise RuntimeError("DeepSpeed applied a step with a NaN gradient (zero_optimization.compute_grad_norm=false"
                                " or bf16.check_grad_overflow=false disable its check); a non-finite micro-batch loss "
                                "cannot be skipped safely with them")
 
-    def update(self, exp, algo_local, kl_coef: float, temperature: float) -> Dict[str, float]:
-        """rlhf.algo.step.update through the engine; grad_norm and skip counts are DeepSpeed's (global)."""
-        from rlhf.algo.step import update
-
-        self._norms, self._ds_skipped = [], 0
-        upd = update(self.engine, exp, algo_local, self.optimizer, None, kl_coef, temperature, [],
-                     backward=self._backward, step_fn=self._step,
-                     all_finite=lambda t: self.dist.all_true(torch.isfinite(t).all()),
-                     boundary=self._boundary, discard=self._discard, all_sum=self.dist.all_sum,
-                     world_size=self.dist.world_size)
-        if self._ds_skipped:
-            upd["skipped_updates"] = upd.get("skipped_updates", 0.0) + self._ds_skipped
-            upd["optimizer_steps"] = upd.get("optimizer_steps", 0.0) - self._ds_skipped
-        if self._norms:
-            upd["grad_norm"] = sum(self._norms) / len(self._norms)
-        return upd
-
     # ------------------------------------------------------------------------------------------ generation
     @contextlib.contextmanager
-    def generation_context(self) -> Iterator[None]:
+    def generation(self) -> Iterator[None]:
         """ZeRO-3: full actor weights on every rank and no module hooks while generating; a no-op for ZeRO-2."""
         if self.stage != 3:
             yield
@@ -245,9 +238,9 @@ class DeepSpeedRuntime:
     def _meta(self) -> Dict[str, Any]:
         return {"zero_stage": self.stage, "world_size": self.dist.world_size, "tag": DS_TAG}
 
-    def save_checkpoint(self, run_dir: Path, step: int, policy: Policy, tokenizer, trainer_state: Dict[str, Any],
-                        keep: int) -> Path:
+    def save(self, run_dir: Path, step: int, tokenizer, trainer_state: Dict[str, Any], keep: int) -> Path:
         """Collective: every rank must call it. The plain layout plus deepspeed/ and rng_rank<r>.json/.safetensors."""
+        policy = self.policy
         root = checkpoint_root(run_dir)
         final = root / f"step_{step:06d}"
         tmp = root / f".tmp-step_{step:06d}-ds"
@@ -256,7 +249,7 @@ class DeepSpeedRuntime:
             tmp.mkdir(parents=True)
         self.dist.barrier()
         try:
-            self.engine.save_checkpoint(str(tmp / "deepspeed"), tag=DS_TAG, save_latest=False,
+            self.ds_engine.save_checkpoint(str(tmp / "deepspeed"), tag=DS_TAG, save_latest=False,
                                         exclude_frozen_parameters=True)
             save_state(tmp, f"rng_rank{self.dist.rank}", rng_state())
             model_state = vh_state = None
@@ -273,7 +266,8 @@ class DeepSpeedRuntime:
                 write_model_files(tmp, policy, tokenizer, model_state, vh_state)
                 atomic_write_json(tmp / "ranks.json", {**self._meta(), "weights_sha256": digests,
                                                        "consistent": len(set(digests)) == 1})
-                state = {**trainer_state, "optimizer": None, "step": step, "rng": rng_state(), "deepspeed": self._meta()}
+                state = {**trainer_state, "optimizer": None, "scheduler": self.scheduler.state_dict(), "step": step,
+                         "rng": rng_state(), "deepspeed": self._meta()}
                 save_state(tmp, TRAINER_STATE, state)
             self.dist.barrier()
             if self.dist.is_main:
@@ -286,8 +280,8 @@ class DeepSpeedRuntime:
         self.dist.barrier()
         return final
 
-    def load_checkpoint(self, ckpt: Path) -> Dict[str, Any]:
-        """Weights + optimizer partitions (DeepSpeed) and this rank's RNG; returns the trainer state."""
+    def load(self, ckpt: Path) -> Dict[str, Any]:
+        """Weights + optimizer partitions (DeepSpeed), the schedule and this rank's RNG; returns the trainer state."""
         state = load_trainer_state(ckpt)
         meta = state.get("deepspeed")
         if meta is None or not (ckpt / "deepspeed").is_dir():
@@ -303,7 +297,7 @@ class DeepSpeedRuntime:
             check_torch_dir(ckpt / "deepspeed")
         except UnsafePickleError as e:
             raise ValueError(f"resume: {e}") from None
-        path, _ = self.engine.load_checkpoint(str(ckpt / "deepspeed"), tag=DS_TAG,
+        path, _ = self.ds_engine.load_checkpoint(str(ckpt / "deepspeed"), tag=DS_TAG,
                                               load_module_strict=False, load_optimizer_states=True,
                                               load_lr_scheduler_states=False)
         if path is None:
@@ -314,6 +308,8 @@ class DeepSpeedRuntime:
                 state["rng"] = load_state(ckpt, stem)
             except (FileNotFoundError, ValueError) as e:
                 raise type(e)(f"resume: {e}") from None
+        state.pop("optimizer", None)
+        self.scheduler.load_state_dict(state.pop("scheduler"))
         return state
 
 

@@ -6,7 +6,7 @@ Layout of <run_dir>/checkpoints/step_000010/:
   trainer_state.json            optimizer, scheduler, KL controller, RNG states, data position, step, evals: the
   trainer_state.safetensors     structure in JSON, every tensor / ndarray in safetensors (see save_state)
   COMPLETE                      written last; a directory without it is never picked
-(DeepSpeed adds deepspeed/ and rng_rank<r>.json/.safetensors, see rlhf.engine.deepspeed_setup.)
+(DeepSpeed adds deepspeed/ and rng_rank<r>.json/.safetensors, see rlhf.backend.zero.)
 
 Older versions wrote trainer_state.pt with torch.save; loading it needs pickle, and a pickle can run any code, so such a
 checkpoint is refused (load_trainer_state). A save killed half-way leaves checkpoints/.tmp-step_*: rank 0 removes those
@@ -39,9 +39,10 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
+from peft import set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
-from rlhf.engine.distributed import env_world
+from rlhf.backend.distributed import env_world
 from rlhf.model.policy import Policy
 
 log = logging.getLogger(__name__)
@@ -341,8 +342,6 @@ def prune_checkpoints(run_dir: Path, keep: int) -> None:
 
 def load_weights_into(policy: Policy, ckpt: Path) -> None:
     if policy.is_lora:
-        from peft import set_peft_model_state_dict
-
         state = load_file(str(ckpt / "adapter" / "adapter_model.safetensors"))
         set_peft_model_state_dict(policy.model, state)
     else:

@@ -18,6 +18,7 @@ reader may pick another copy than Python's zipfile) or one without data.pkl is r
 
 from __future__ import annotations
 
+import _compat_pickle
 import io
 import pickletools
 import zipfile
@@ -165,7 +166,5 @@ def check_torch_dir(directory: Path, allowed: FrozenSet[Global] = ALLOWED_GLOBAL
 def compat_remapped(allowed: Optional[FrozenSet[Global]] = None) -> List[Global]:
     """Allow-list entries that Python's unpickler would remap for protocol < 3 pickles (fix_imports): must be none,
     or an allowed name could stand for another object. torch.save writes protocol 2."""
-    import _compat_pickle
-
     allowed = ALLOWED_GLOBALS if allowed is None else allowed
     return sorted(g for g in allowed if g in _compat_pickle.NAME_MAPPING or g[0] in _compat_pickle.IMPORT_MAPPING)
