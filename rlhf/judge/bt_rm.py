@@ -21,8 +21,8 @@ from safetensors.torch import load_file, save_file
 from rlhf.config import JudgeConfig, LoraConfig, ModelConfig
 from rlhf.judge.io import (
     MetricSink,
-    batch_indices,
     drop_identical_pairs,
+    fit_pairs,
     read_checkpoint_meta,
     write_json,
 )
@@ -180,26 +180,17 @@ def train_bt_rm(rm: RewardModel, rows: Sequence[Dict[str, Any]], cfg: JudgeConfi
     """judge.train_steps AdamW steps of judge.batch_size pairs; returns the per-step metrics."""
     rows, dropped = drop_identical_pairs(rows)
     sink = log_fn if log_fn is not None else MetricSink()
-    params = [p for p in rm.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-    history: List[Dict[str, float]] = []
-    rm.train()
-    for step, idx in enumerate(batch_indices(len(rows), cfg.batch_size, cfg.train_steps, seed)):
-        batch = [rows[i] for i in idx]
+
+    def batch_loss(batch: List[Dict[str, Any]]) -> Dict[str, torch.Tensor]:
         seqs = [rm.encode(r["prompt"], r["chosen"]) for r in batch] + [rm.encode(r["prompt"], r["rejected"])
                                                                       for r in batch]
         scores = rm.score_ids(seqs)
         r_c, r_r = scores[:len(batch)], scores[len(batch):]
-        loss = bt_loss(r_c, r_r, cfg.margin)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        r_c, r_r, loss = r_c.detach(), r_r.detach(), loss.detach()
-        m = {"loss": float(loss), "accuracy": float((r_c > r_r).float().mean()),
-             "reward_margin": float((r_c - r_r).mean()), "grad_norm": float(grad_norm),
-             "dropped_identical": float(dropped)}
-        history.append(m)
-        sink(m, step)
+        return {"loss": bt_loss(r_c, r_r, cfg.margin), "accuracy": (r_c > r_r).float().mean(),
+                "reward_margin": (r_c - r_r).mean()}
+
+    rm.train()
+    history = fit_pairs([p for p in rm.parameters() if p.requires_grad], rows, cfg, seed, batch_loss, sink, dropped,
+                        desc="bt_rm")
     rm.eval()
     return history

@@ -8,6 +8,9 @@ import random
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
+import torch
+from tqdm.auto import tqdm
+
 from rlhf.config import model_config_from_dict
 
 log = logging.getLogger(__name__)
@@ -40,6 +43,37 @@ def batch_indices(n: int, batch_size: int, steps: int, seed: int) -> Iterator[Li
                 rng.shuffle(order)
             batch.append(order.pop())
         yield batch
+
+
+def fit_pairs(params: List[torch.nn.Parameter], rows: Sequence[Dict[str, Any]], cfg: Any, seed: int,
+              batch_loss: Callable[[List[Dict[str, Any]]], Dict[str, torch.Tensor]],
+              sink: Callable[[Dict[str, float], int], None], dropped: int = 0, desc: str = "judge") -> List[Dict[str, float]]:
+    """The training loop shared by the LoRA judge and the BT reward model: judge.train_steps AdamW steps (lr
+    judge.lr, grad-norm clip 1.0) over seeded batches of judge.batch_size pairs. batch_loss(rows) returns "loss" and
+    any other scalars to log; every step's metrics go to sink, with a progress bar and a log line every tenth."""
+    if not params:
+        raise ValueError(f"{desc}: the model has no trainable parameters")
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    history: List[Dict[str, float]] = []
+    every = max(1, cfg.train_steps // 10)
+    bar = tqdm(total=cfg.train_steps, desc=f"train {desc}", leave=False, disable=None)
+    for step, idx in enumerate(batch_indices(len(rows), cfg.batch_size, cfg.train_steps, seed)):
+        out = batch_loss([rows[i] for i in idx])
+        opt.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        m = {k: float(v.detach()) for k, v in out.items()}
+        m.update(grad_norm=float(grad_norm), dropped_identical=float(dropped))
+        history.append(m)
+        sink(m, step)
+        bar.update(1)
+        bar.set_postfix(loss=f"{m['loss']:.3f}", acc=f"{m.get('accuracy', float('nan')):.2f}")
+        if (step + 1) % every == 0 or step + 1 == cfg.train_steps:
+            log.info("%s step %d/%d: loss %.4f, pair accuracy %.3f", desc, step + 1, cfg.train_steps, m["loss"],
+                     m.get("accuracy", float("nan")))
+    bar.close()
+    return history
 
 
 class MetricSink:

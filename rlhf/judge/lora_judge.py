@@ -21,8 +21,8 @@ from peft import PeftModel, get_peft_model
 from rlhf.config import JudgeConfig, LoraConfig, ModelConfig
 from rlhf.judge.io import (
     MetricSink,
-    batch_indices,
     drop_identical_pairs,
+    fit_pairs,
     read_checkpoint_meta,
     write_json,
 )
@@ -135,23 +135,11 @@ def train_lora_judge(judge: RubricJudge, rows: Sequence[Dict[str, Any]], cfg: Ju
 
 def _train_loop(judge: RubricJudge, rows: Sequence[Dict[str, Any]], cfg: JudgeConfig, seed: int, use_rat: bool,
                 dropped: int, sink: Callable[[Dict[str, float], int], None]) -> List[Dict[str, float]]:
-    params = [p for p in judge.model.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("lora_judge: the judge model has no trainable parameters (attach a LoRA adapter first)")
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-    history: List[Dict[str, float]] = []
     judge.model.train()
-    for step, idx in enumerate(batch_indices(len(rows), cfg.batch_size, cfg.train_steps, seed)):
-        examples = [ex for i in idx for ex in training_examples(judge, rows[i], use_rat)]
-        out = judge_step_loss(judge, examples)
-        opt.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        m = {k: float(v.detach()) for k, v in out.items()}
-        m.update(grad_norm=float(grad_norm), dropped_identical=float(dropped))
-        history.append(m)
-        sink(m, step)
+    history = fit_pairs([p for p in judge.model.parameters() if p.requires_grad], rows, cfg, seed,
+                        lambda batch: judge_step_loss(judge, [ex for r in batch
+                                                              for ex in training_examples(judge, r, use_rat)]),
+                        sink, dropped, desc="lora_judge")
     judge.model.eval()
     return history
 
