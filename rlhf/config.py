@@ -125,6 +125,9 @@ class JudgeConfig:
     reuse_prefix_cache: bool = True
     # pairs scored per forward batch (each pairwise pair is two rows: both A/B orders)
     eval_batch_size: int = 8
+    # inside `rlhf.train`: held-out preference pairs (test split of what the judge/RM trains on) scored right after the
+    # judge/RM is built, before RL starts; its accuracy is logged (judge/heldout_accuracy) and summarised (0: skip)
+    heldout_pairs: int = 48
     # rubric_judge / lora_judge inside `rlhf.train`: run the judge on the actor's own base model (rubric: the base with
     # adapters off or the full-FT reference copy; lora: a second adapter next to the actor's) instead of a second copy.
     # null: whenever possible; true: required (start-up error if not possible); false: always a separate copy
@@ -284,7 +287,8 @@ POSITIVE = [
     "model.tiny.num_attention_heads", "model.tiny.num_key_value_heads", "model.tiny.max_position_embeddings",
 ]
 NON_NEGATIVE = [
-    "model.lora.dropout", "judge.num_demos", "judge.margin", "judge.lora_layers", "algo.weight_decay", "algo.max_grad_norm",
+    "model.lora.dropout", "judge.num_demos", "judge.margin", "judge.lora_layers", "judge.heldout_pairs",
+    "algo.weight_decay", "algo.max_grad_norm",
     "algo.warmup_steps", "algo.clip_eps", "algo.value_clip_eps", "algo.vf_coef", "algo.entropy_coef", "algo.kl_coef",
     "algo.tis_cap", "generation.temperature", "generation.top_k", "eval_every", "save_every", "num_eval",
     "hardware.num_threads", "reward.format_bonus", "seed", "dataset.seed", "judge.demo_seed",

@@ -21,8 +21,9 @@ from rlhf.dataset.sampler import PromptSampler
 from rlhf.model.device import resolve_device
 from rlhf.model.load import embedded_model_dir, load_causal_lm
 from rlhf.model.policy import build_policy, count_parameters
-from rlhf.report.io import atomic_write_json
-from rlhf.report.logger import MetricsLogger, NullLogger
+from rlhf.report.io import atomic_write_json, atomic_write_text
+from rlhf.report.logger import MetricsLogger, NullLogger, read_metrics
+from rlhf.report.summary import summary_markdown
 from rlhf.report.plots import plot_metrics
 from rlhf.reward import build_reward
 from rlhf.reward.base import RewardContext
@@ -46,6 +47,8 @@ class StopTraining(RuntimeError):
 class Trainer:
     def __init__(self, cfg: Config, run_dir: Path):
         self.cfg = cfg
+        t_start = time.perf_counter()
+        self.phases: Dict[str, float] = {}  # wall seconds per phase, for the closing summary
         self.dist = init_distributed(cfg.hardware)  # a no-op for a plain single process
         # rank 0's dir: under torchrun each rank's Hydra resolves ${now:} on its own
         self.run_dir = Path(self.dist.broadcast_object(str(run_dir)))
@@ -69,11 +72,17 @@ class Trainer:
         self.kl_ctl = build_kl_controller(a.kl_controller, a.kl_coef, a.kl_target, a.kl_horizon)
         self.logger = (MetricsLogger(self.run_dir, cfg.logging, as_dict(cfg), name=self.run_dir.name)
                        if self.dist.is_main else NullLogger())
-        self.rollout_engine = build_rollout_engine(cfg, self.policy.generation_model(), self.tokenizer, self.device, model_dir)
+        self.rollout_engine = build_rollout_engine(cfg, self.policy.generation_model(), self.tokenizer, self.device,
+                                                   model_dir)
+        self.phases["setup (model, data, engines)"] = time.perf_counter() - t_start
+        t_reward = time.perf_counter()
         ctx = RewardContext(cfg=cfg, tokenizer=self.tokenizer, run_dir=self.run_dir, device=self.device,
                            actor_model=self.policy.model, reference_model=self.policy.ref_model,
                            log=self.logger.log)
         self.reward = build_reward(cfg, ctx)
+        trains = cfg.reward.name in ("lora_judge", "bt_rm") and not cfg.reward.checkpoint
+        self.phases[f"reward {cfg.reward.name}" + (" (judge/RM training)" if trains else "")] = \
+            time.perf_counter() - t_reward
         self.step, self.bad_steps = 0, 0
         self.evals: Dict[str, Any] = {}
         self._resume()
@@ -215,8 +224,11 @@ class Trainer:
             prev = self.run_dir / "summary.json"
             self.logger.close()
             return json.loads(prev.read_text()) if prev.is_file() else {"step": self.step, "final": {}}
+        t0 = time.perf_counter()
         if self.step == 0 and cfg.eval_before and "before" not in self.evals:
             self.evaluate("before")
+        self.phases["held-out eval before"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
         bar = tqdm(total=cfg.steps, initial=self.step, desc=f"{cfg.algo.name}",
                    disable=not cfg.logging.progress or not self.dist.is_main)
         last: Dict[str, float] = {}
@@ -242,9 +254,14 @@ class Trainer:
             if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.steps:
                 self.save()
         bar.close()
+        self.phases[f"training ({cfg.steps} steps)"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
         if cfg.eval_after and "after" not in self.evals:
             self.evaluate("after")
+        self.phases["held-out eval after"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
         ckpt = self.save()
+        self.phases["checkpoint"] = time.perf_counter() - t0
         if cfg.logging.plots and self.dist.is_main:
             plot_metrics(self.run_dir / "metrics.jsonl", self.run_dir / "plots.png")
         self.logger.close()
@@ -253,4 +270,22 @@ class Trainer:
                       for k, v in self.evals.items() if k in ("before", "after")}}
         if self.dist.is_main:
             atomic_write_json(self.run_dir / "summary.json", summary)
+            self._write_summary_md(ckpt)
         return summary
+
+    def _write_summary_md(self, ckpt: Path) -> None:
+        """summary.md in the run dir, and the same tables on the terminal."""
+        rows = [r for r in read_metrics(self.run_dir / "metrics.jsonl") if "reward_mean" in r and "phase" not in r]
+        paths = {"run dir": str(self.run_dir), "metrics": str(self.run_dir / "metrics.jsonl"),
+                 "held-out replies": str(self.run_dir / "eval.json"), "checkpoint": str(ckpt)}
+        if (self.run_dir / "plots.png").is_file():
+            paths["plots"] = str(self.run_dir / "plots.png")
+        paths["this summary"] = str(self.run_dir / "summary.md")
+        extra = dict(getattr(self.reward, "summary", {}) or {})
+        m = self.cfg.model
+        title = (f"{self.cfg.algo.name} on {self.cfg.dataset.name} with reward={self.cfg.reward.name}, model "
+                 f"{m.name_or_path if m.source != 'tiny_random' else 'tiny_random'}, seed {self.cfg.seed}")
+        md = summary_markdown(self.evals, rows, self.phases, paths, title, extra)
+        atomic_write_text(self.run_dir / "summary.md", md)
+        if self.cfg.logging.progress:
+            print("\n" + md, flush=True)

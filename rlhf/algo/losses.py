@@ -24,7 +24,8 @@ def aggregate(loss: torch.Tensor, mask: torch.Tensor, mode: str, norm_tokens: fl
             per_seq = (loss * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
         else:
             if not norm_tokens > 0:
-                raise ValueError(f"algo.loss_norm_tokens: seq_mean_token_sum_norm needs a constant > 0, got {norm_tokens}")
+                raise ValueError(f"algo.loss_norm_tokens: seq_mean_token_sum_norm needs a constant > 0, "
+                                 f"got {norm_tokens}")
             per_seq = (loss * mask).sum(-1) / norm_tokens
         has = (mask.sum(-1) > 0).float()
         return (per_seq * has).sum() / has.sum().clamp(min=1.0)

@@ -9,9 +9,10 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
+from tqdm.auto import tqdm
 
 from rlhf.config import (
     DatasetConfig,
@@ -39,16 +40,37 @@ log = logging.getLogger(__name__)
 JUDGE_KINDS = ("rubric_judge", "lora_judge", "bt_rm")
 
 
-def training_pairs(dataset_cfg: Optional[DatasetConfig], seed: int = 0) -> List[Dict[str, Any]]:
-    """Train split used when a lora_judge / bt_rm has no checkpoint: the run's preference dataset, else
-    synthetic_prefs (dataset seed 0, so its test split stays held out)."""
+def pair_source(dataset_cfg: Optional[DatasetConfig]) -> DatasetConfig:
+    """Where a lora_judge / bt_rm without a checkpoint learns from: the run's preference dataset, else synthetic_prefs
+    (dataset seed 0, so its test split stays held out)."""
     if dataset_cfg is not None and dataset_cfg.name in PREF_DATASETS and dataset_cfg.name != "rewardbench":
-        cfg = dataset_cfg
-    else:
-        cfg = DatasetConfig(name="synthetic_prefs", num_train=2000, num_test=300,
-                            system_prompt=dataset_cfg.system_prompt if dataset_cfg is not None else
-                            DatasetConfig().system_prompt)
+        return dataset_cfg
+    return DatasetConfig(name="synthetic_prefs", num_train=2000, num_test=300,
+                         system_prompt=dataset_cfg.system_prompt if dataset_cfg is not None else
+                         DatasetConfig().system_prompt)
+
+
+def training_pairs(dataset_cfg: Optional[DatasetConfig], seed: int = 0) -> List[Dict[str, Any]]:
+    """The train split of pair_source(dataset_cfg)."""
+    cfg = pair_source(dataset_cfg)
     return pref_rows(cfg, "train")[: cfg.num_train]
+
+
+def heldout_pairs(dataset_cfg: Optional[DatasetConfig], n: int) -> List[Dict[str, Any]]:
+    """The first n test pairs of pair_source(dataset_cfg): what a judge's held-out accuracy is measured on."""
+    return pref_rows(pair_source(dataset_cfg), "test")[:n]
+
+
+def pair_accuracy(scorer: Any, rows: Sequence[Dict[str, Any]], batch_size: int = 8,
+                  progress: Optional[bool] = None) -> float:
+    """Fraction of pairs whose chosen reply the scorer ranks above the rejected one (a tie counts 1/2)."""
+    wins = 0.0
+    for start in tqdm(range(0, len(rows), batch_size), desc="judge held-out pairs", leave=False, disable=progress):
+        batch = rows[start: start + batch_size]
+        sc, sr = scorer.score_pairs([r["prompt"] for r in batch], [r["chosen"] for r in batch],
+                                    [r["rejected"] for r in batch])
+        wins += sum(1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(sc, sr))
+    return wins / max(len(rows), 1)
 
 
 def saved_scorer_in(kind: str, path: Optional[Path]) -> bool:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -23,7 +24,14 @@ import torch
 
 from rlhf.config import Config, HardwareConfig, share_base_obstacle
 from rlhf.dataset.math_data import judge_prompt
-from rlhf.judge.factory import build_pair_scorer, judge_cfg_for_signal, saved_scorer_in
+from rlhf.judge.factory import (
+    build_pair_scorer,
+    heldout_pairs,
+    judge_cfg_for_signal,
+    pair_accuracy,
+    pair_source,
+    saved_scorer_in,
+)
 from rlhf.judge.io import MetricSink
 from rlhf.reward.base import RewardOutput
 from rlhf.rollout.base import Rollout
@@ -62,6 +70,7 @@ class JudgeReward:
         self.scorer = scorer
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.calls = 0
+        self.summary: Dict[str, str] = {}  # lines for the run's closing summary (e.g. the held-out pair accuracy)
 
     def judge_prompt_of(self, meta: Dict[str, Any]) -> Optional[str]:
         """The prompt as the judge reads it: the task's judge_prompt, or a math question plus the format instruction."""
@@ -158,7 +167,18 @@ def build_judge_reward(cfg: Config, context: Any) -> JudgeReward:
             scorer.device = device
         else:
             scorer.to(device)
-    return JudgeReward(cfg, scorer, run_dir)
+    reward = JudgeReward(cfg, scorer, run_dir)
+    if cfg.judge.heldout_pairs > 0:
+        rows = heldout_pairs(cfg.dataset, cfg.judge.heldout_pairs)
+        source = pair_source(cfg.dataset).name
+        t0 = time.perf_counter()
+        acc = pair_accuracy(scorer, rows, cfg.judge.eval_batch_size)
+        log.info("judge: %s held-out pair accuracy %.3f on %d %s test pairs (%.1f s)", kind, acc, len(rows), source,
+                 time.perf_counter() - t0)
+        if needs_training:  # logged once, next to the training curve (a resumed run reuses the judge)
+            sink({"heldout_accuracy": acc, "heldout_pairs": float(len(rows))}, cfg.judge.train_steps)
+        reward.summary[f"{kind} held-out pair accuracy"] = f"{100 * acc:.1f} % on {len(rows)} {source} test pairs"
+    return reward
 
 
 def shared_judge_base(cfg: Config, context: Any) -> Optional[torch.nn.Module]:
