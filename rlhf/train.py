@@ -52,9 +52,7 @@ def main(dcfg: DictConfig) -> float:
         cfg = to_config(dcfg)
     except ConfigError as e:
         fail(str(e).splitlines())
-    errors = input_errors(cfg)
-    if not errors:
-        errors = world_config_errors(cfg)  # batch sizes vs. the launcher's world size
+    errors = input_errors(cfg) + world_config_errors(cfg)  # world: batch sizes vs. the launcher's world size
     if errors:
         fail(errors)
     run_dir = Path(cfg.run_dir or HydraConfig.get().runtime.output_dir)
@@ -70,6 +68,8 @@ def main(dcfg: DictConfig) -> float:
         log.error("%s", e)
         print(f"stopped: {e}", file=sys.stderr)
         sys.exit(3)
+    finally:
+        trainer.release()  # a multirun's next job runs in this process: free the rollout engine's memory
     trainer.dist.close()
     after = summary.get("eval_after", {})
     log.info("run dir: %s", run_dir)

@@ -131,6 +131,13 @@ class Trainer:
         return self.backend.save(self.run_dir, self.step, self.tokenizer, self.trainer_state(),
                                  self.cfg.keep_checkpoints)
 
+    def release(self) -> None:
+        """Frees what outlives a run in this process: the vLLM engine's KV cache and weights (Hydra's basic launcher
+        runs every job of a multirun in one process, and the next job's engine needs that memory)."""
+        shutdown = getattr(self.rollout_engine, "shutdown", None)
+        if shutdown is not None:
+            shutdown()
+
     def _sync_engine(self) -> float:
         if self.cfg.hardware.rollout != "vllm":
             return 0.0

@@ -24,7 +24,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from rlhf.dataset.prefs import load_pref_split
 from rlhf.judge.factory import build_pair_scorer
-from rlhf.report.io import read_text_file
+from rlhf.report.io import read_jsonl_numbered
 
 log = logging.getLogger(__name__)
 
@@ -211,16 +211,8 @@ def read_score_file(path: str, what: str = "scores") -> List[Dict[str, Any]]:
     undecodable or empty file, a line that is not a JSON object, a missing field, a subset that is not a string, a
     score that is not a finite number (strings, true/false, NaN and Infinity are refused)."""
     rows: List[Dict[str, Any]] = []
-    for lineno, line in enumerate(read_text_file(path, what).splitlines(), start=1):
-        if not line.strip():
-            continue
+    for lineno, obj in read_jsonl_numbered(path, what):
         where = f"{what}: {path} line {lineno}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
-        if not isinstance(obj, dict):
-            raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__}")
         for key in REQUIRED_SCORE_FIELDS:
             if key not in obj or obj[key] is None or obj[key] == "":
                 raise ValueError(f"{where}: missing field '{key}'")
@@ -230,8 +222,6 @@ def read_score_file(path: str, what: str = "scores") -> List[Dict[str, Any]]:
             if not _is_finite_number(obj[key]):
                 raise ValueError(f"{where}: field '{key}' must be a finite number, got {json.dumps(obj[key])}")
         rows.append(obj)
-    if not rows:
-        raise ValueError(f"{what}: {path} has no rows (empty file)")
     return rows
 
 

@@ -8,7 +8,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, List, Tuple
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
@@ -72,9 +72,10 @@ def read_text_file(path: str | Path, what: str = "file") -> str:
         raise ValueError(f"{what}: {p} cannot be read ({e.strerror})") from None
 
 
-def read_jsonl(path: str | Path, what: str = "file", allow_empty: bool = False) -> list[dict]:
-    """Reads a JSONL file of objects; a malformed line fails with the file and its line number, an empty file (no
-    rows) fails unless allow_empty. `what` names the config key or role in messages (e.g. "judge.demo_path")."""
+def read_jsonl_numbered(path: str | Path, what: str = "file", allow_empty: bool = False) -> List[Tuple[int, dict]]:
+    """(line number, object) for every non-blank line of a JSONL file; a malformed line fails with the file and its
+    line number, an empty file (no rows) fails unless allow_empty. `what` names the config key or role in messages
+    (e.g. "judge.demo_path")."""
     rows = []
     for i, line in enumerate(read_text_file(path, what).splitlines(), start=1):
         if not line.strip():
@@ -85,7 +86,12 @@ def read_jsonl(path: str | Path, what: str = "file", allow_empty: bool = False) 
             raise ValueError(f"{what}: {path} line {i}: not valid JSON ({e.msg})") from None
         if not isinstance(row, dict):
             raise ValueError(f"{what}: {path} line {i}: expected a JSON object, got {type(row).__name__}")
-        rows.append(row)
+        rows.append((i, row))
     if not rows and not allow_empty:
         raise ValueError(f"{what}: {path} has no rows (empty file)")
     return rows
+
+
+def read_jsonl(path: str | Path, what: str = "file", allow_empty: bool = False) -> list[dict]:
+    """The objects of a JSONL file (read_jsonl_numbered without the line numbers)."""
+    return [row for _, row in read_jsonl_numbered(path, what, allow_empty)]
