@@ -1,4 +1,4 @@
-"""Gradient accumulation through DeepSpeed in one process (gloo, world size 1), for test_distributed.py.
+"""Gradient accumulation through DeepSpeed in one process (gloo, world size 1), for tests/e2e/test_distributed.py.
 
 `python tests/ds_accumulation.py STAGE` prints one JSON line: for loss_agg token_mean and seq_mean, the largest
 difference between the full-minibatch gradients (DeepSpeed's own, read at the step) and those accumulated over
@@ -16,7 +16,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# run as a script (not under pytest, so tests/conftest.py does not set the path): tests/ for `helpers`, and the
+# folder of test_update.py, whose accumulation_setup builds the model, rollout and config
+TESTS = Path(__file__).resolve().parent
+sys.path[:0] = [str(TESTS), str(TESTS / "unit" / "algo")]
 
 import test_update as T  # noqa: E402
 

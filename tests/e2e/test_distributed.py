@@ -97,7 +97,7 @@ def zero_run(zero_runs, tmp_path_factory, name: str) -> Path:
 
 
 @pytest.mark.parametrize("name", ["zero2", "zero3", "zero2_micro", "zero3_micro"])
-def test_two_ranks_match_single_process(single, zero_runs, tmp_path_factory, name):
+def test_two_ranks_match_single_process(tiny_policy, single, zero_runs, tmp_path_factory, name):
     run = zero_run(zero_runs, tmp_path_factory, name)
     ref, got = train_rows(single), train_rows(run)
     assert [r["step"] for r in got] == [1, 2]
@@ -131,11 +131,8 @@ def test_two_ranks_match_single_process(single, zero_runs, tmp_path_factory, nam
     assert json.loads((run / "eval.json").read_text())["after"]["n"] == 4
     # the plain loader (rlhf.evaluate, single-process resume) reads the DeepSpeed checkpoint's weights
     from rlhf.backend.checkpoint import load_weights_into
-    from rlhf.config import ModelConfig
-    from rlhf.model.load import load_causal_lm
-    from rlhf.model.policy import build_policy
 
-    policy = build_policy(load_causal_lm(ModelConfig(source="tiny_random"), seed=3)[0], ModelConfig(), value_head=True)
+    policy, _ = tiny_policy(value_head=True, seed=3)
     load_weights_into(policy, run / "checkpoints" / "step_000002")
     assert torch.equal(policy.value_head.weight.detach(), wb["value_head.weight"])
     assert sorted(r["step"] for r in metric_rows(run)) == sorted(r["step"] for r in metric_rows(single))

@@ -1,4 +1,5 @@
-"""Exact resume after SIGKILL, checkpoint selection, and the non-finite-update paths of the trainer.
+"""Exact resume after SIGKILL, checkpoint selection, refusing a pickled checkpoint, and the non-finite-update paths
+of the trainer.
 
 The killed-and-resumed run must end bitwise equal to an uninterrupted one: weights, value head, every learning metric
 (reward, losses, KL, grad norm; not timings), eval.json and the KL controller's coefficient. PPO with an adaptive KL
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import legacy_message, trapped_checkpoint
 from launch import ROOT, child_env, learning_rows, metric_rows, run_train, train_cmd
 from safetensors.torch import load_file
 
@@ -113,6 +115,18 @@ def test_resume_path_without_complete_marker_fails_in_one_line(tmp_path):
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert lines[-1] == f"error: resume: {bad} is not a complete checkpoint (no COMPLETE marker)", proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
+
+
+def test_cli_resume_from_a_pickled_checkpoint_fails_in_one_line(tmp_path):
+    """An old pickled trainer_state.pt (booby-trapped) is refused in one line, never unpickled (the in-process
+    checks are in tests/unit/backend/test_checkpoint_state.py)."""
+    ckpt, marker = trapped_checkpoint(tmp_path, "os.system")
+    proc = run_train(tmp_path / "run", "steps=1", f"resume={ckpt}", check=False, timeout=120)
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("error: " + legacy_message(ckpt)), proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert not marker.exists()
 
 
 def test_checkpoint_selection_skips_incomplete_and_empty_dirs(tmp_path):

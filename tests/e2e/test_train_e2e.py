@@ -1,4 +1,5 @@
-"""End-to-end runs of `python -m rlhf.train` on a tiny random model, and config validation at start-up."""
+"""End-to-end runs of `python -m rlhf.train` on a tiny random model, and config validation at start-up (the composed
+config checks without a run: tests/unit/test_config.py)."""
 
 import json
 import math
@@ -8,12 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from helpers import ROOT
 from safetensors.torch import load_file
 
-from rlhf.config import ConfigError, register_configs, to_config
-
-ROOT = Path(__file__).resolve().parents[1]
 TINY = [
     "model=tiny_random", "logging.wandb=disabled", "logging.progress=false", "num_eval=4",
     "generation.max_new_tokens=12", "generation.eval_max_new_tokens=12", "dataset.num_train=64", "dataset.num_test=8",
@@ -28,12 +26,6 @@ def run_train(run_dir: Path, *overrides: str, check: bool = True) -> subprocess.
     return proc
 
 
-def compose_cfg(*overrides: str):
-    register_configs()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
-        return compose(config_name="config", overrides=list(overrides))
-
-
 METRIC_KEYS = {"reward_mean", "reward_std", "em_strict", "em_flexible", "kl", "policy_loss", "value_loss", "entropy",
                "clip_frac", "response_length", "tokens_per_s", "step_seconds"}
 
@@ -42,7 +34,7 @@ METRIC_KEYS = {"reward_mean", "reward_std", "em_strict", "em_flexible", "kl", "p
     ("ppo", ["algo.entropy_coef=0.05", "algo.kl_in=loss", "algo.kl_estimator=k3", "save_every=2"]),
     ("grpo", ["algo.entropy_coef=0.05", "algo.loss_agg=seq_mean", "algo.micro_batch_size=1"]),
 ])
-def test_tiny_run_is_complete_and_changes_parameters(tmp_path, algo, extra):
+def test_tiny_run_is_complete_and_changes_parameters(tiny_lm, tmp_path, algo, extra):
     steps = 3
     run_train(tmp_path, f"algo={algo}", f"steps={steps}", "algo.prompts_per_step=2", "algo.samples_per_prompt=2",
               "algo.minibatch_size=2", "algo.lr=1e-3", *extra)
@@ -61,10 +53,7 @@ def test_tiny_run_is_complete_and_changes_parameters(tmp_path, algo, extra):
         assert [c.name for c in ckpts] == ["step_000002", "step_000003"]
         assert (ckpts[-1] / "value_head.safetensors").is_file()
     # parameters changed: compare the saved weights with a fresh model built from the same seed
-    from rlhf.config import ModelConfig
-    from rlhf.model.load import load_causal_lm
-
-    fresh, _ = load_causal_lm(ModelConfig(source="tiny_random"), seed=0)
+    fresh, _ = tiny_lm(seed=0)
     trained = load_file(str(ckpts[-1] / "model" / "model.safetensors"))
     changed = [k for k, v in fresh.state_dict().items() if k in trained and not torch.equal(v, trained[k])]
     assert len(changed) > len(trained) // 2, f"only {len(changed)} of {len(trained)} tensors changed"
@@ -96,30 +85,6 @@ def test_bad_config_fails_at_startup_naming_the_key(tmp_path, override, key):
     assert proc.returncode != 0
     assert key in proc.stderr, proc.stderr[-2000:]
     assert not (tmp_path / "metrics.jsonl").exists()
-
-
-@pytest.mark.parametrize("micro,ok", [(0, True), (1, True), (2, True), (4, True), (3, False), (8, False), (-2, False)])
-def test_micro_batch_size_must_divide_minibatch_size(micro, ok):
-    cfg = compose_cfg("algo.prompts_per_step=2", "algo.samples_per_prompt=4", "algo.minibatch_size=4",
-                      f"algo.micro_batch_size={micro}")
-    if ok:
-        assert to_config(cfg).algo.micro_batch_size == micro
-    else:
-        with pytest.raises(ConfigError, match=rf"^algo\.micro_batch_size: {micro} must be 0 .* minibatch_size = 4"):
-            to_config(cfg)
-
-
-def test_valid_configs_compose_for_every_group_option():
-    for group in ("model", "dataset", "reward", "judge", "algo", "hardware", "experiment"):
-        for f in sorted((ROOT / "conf" / group).glob("*.yaml")):
-            overrides = [f"{group}={f.stem}"]
-            if f.stem == "hf":
-                overrides.append("model.name_or_path=some/model")
-            cfg = compose_cfg(*overrides)
-            try:
-                to_config(cfg)
-            except ConfigError as e:  # presets may need a companion choice (e.g. grpo batch shapes); say which
-                pytest.fail(f"{group}={f.stem}: {e}")
 
 
 def test_help_lists_groups():

@@ -1,15 +1,13 @@
 """Bad input to `rlhf.train` fails at start-up in one line per problem, naming the key (and the file), with nothing
-of ours written. In-process over the start-up checks (rlhf.preflight) for every class, then a few real CLI runs."""
+of ours written. In-process over the start-up checks (rlhf.preflight) for every class; a few real CLI runs are in
+tests/e2e/test_train_inputs_cli.py."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
-import torch
-from launch import ROOT, child_env, train_cmd
-from safetensors.torch import save_file
+from helpers import ROOT, write_bad_inputs
 
 from rlhf.config import ConfigError, to_config
 from rlhf.preflight import input_errors
@@ -37,28 +35,8 @@ def errors_for(*overrides: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def bad(tmp_path_factory) -> Path:
-    """A folder of broken inputs, one per class."""
-    d = tmp_path_factory.mktemp("bad")
-    (d / "empty.jsonl").write_text("")
-    (d / "binary.jsonl").write_bytes(bytes(range(128, 256)) * 3)
-    (d / "no_answer.jsonl").write_text('{"question": "q1", "answer": "1\\n#### 1"}\n{"question": "q2"}\n')
-    (d / "bad_json.jsonl").write_text('{"question": "q1", "answer": "1\\n#### 1"}\n{"question": \n')
-    (d / "demos_missing_field.jsonl").write_text('{"prompt": "p", "chosen": "c"}\n')
-    (d / "model_no_config").mkdir()
-    ck = d / "judge_ckpt"
-    ck.mkdir()
-    (ck / "judge_meta.json").write_text("{}")
-    save_file({"w": torch.zeros(64, 64)}, str(ck / "adapter_model.safetensors"))
-    data = (ck / "adapter_model.safetensors").read_bytes()
-    (ck / "adapter_model.safetensors").write_bytes(data[: len(data) // 2])  # truncated copy
-    (d / "rm_no_meta").mkdir()
-    resume = d / "resume_truncated"
-    (resume / "model").mkdir(parents=True)
-    (resume / "COMPLETE").write_text("2\n")
-    save_file({"w": torch.zeros(64, 64)}, str(resume / "model" / "model.safetensors"))
-    (resume / "model" / "model.safetensors").write_bytes((resume / "model" / "model.safetensors").read_bytes()[:100])
-    (d / "resume_incomplete").mkdir()
-    return d
+    """A folder of broken inputs, one per class (tests/helpers.py, shared with tests/e2e/test_train_inputs_cli.py)."""
+    return write_bad_inputs(tmp_path_factory.mktemp("bad"))
 
 
 # (overrides with {bad} for the folder above, key the first error line must start with, a fragment it must contain)
@@ -127,43 +105,3 @@ def test_good_defaults_have_no_errors():
 def test_dr_grpo_constant_defaults_to_the_generation_budget():
     cfg = to_config(compose("algo.loss_agg=seq_mean_token_sum_norm", "generation.max_new_tokens=40"))
     assert cfg.algo.loss_norm_tokens == 40
-
-
-def run_cli(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
-    return subprocess.run(train_cmd(run_dir, *overrides), cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env=child_env())
-
-
-def test_cli_bad_values_one_line_each_nothing_written(tmp_path):
-    run = tmp_path / "run"
-    proc = run_cli(run, "generation.top_p=0", "algo.lr=inf")
-    assert proc.returncode == 2
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert lines == ["error: algo.lr: must be a finite number, got inf",
-                     "error: generation.top_p: must be in (0, 1]; 0 keeps no token (use 1.0 to disable nucleus "
-                     "sampling)"], proc.stderr
-    assert not (run / "config.yaml").exists() and not (run / "metrics.jsonl").exists()
-    assert "error: algo.lr" in (run / "train.log").read_text()  # the same lines in the run dir's log
-
-
-def test_cli_missing_file_is_one_line(tmp_path, bad):
-    proc = run_cli(tmp_path / "run", "dataset=gsm8k", f"dataset.path={bad}/no_answer.jsonl")
-    assert proc.returncode == 2
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "missing field 'answer'" in errors[0], proc.stderr
-    assert "Traceback" not in proc.stderr and not (tmp_path / "run" / "config.yaml").exists()
-
-
-def test_cli_error_while_starting_is_one_line_with_the_traceback_in_the_log(tmp_path):
-    # passes every cheap check (config.json and tokenizer_config.json exist) but cannot be loaded
-    model = tmp_path / "model"
-    model.mkdir()
-    (model / "config.json").write_text('{"model_type": "llama"}')
-    (model / "tokenizer_config.json").write_text("{}")
-    run = tmp_path / "run"
-    proc = run_cli(run, "model=hf", f"model.name_or_path={model}")
-    assert proc.returncode == 2
-    assert "Traceback" not in proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "while starting" in errors[0], proc.stderr
-    assert "Traceback" in (run / "train.log").read_text()

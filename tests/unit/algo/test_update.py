@@ -4,20 +4,13 @@ import dataclasses
 
 import pytest
 import torch
+from helpers import tiny_policy as build_tiny_policy
 
 from rlhf.algo.step import make_experience, update
 from rlhf.backend.base import TorchBackend, trainable_params
-from rlhf.config import AlgoConfig, LoraConfig, ModelConfig
-from rlhf.model.load import load_causal_lm
-from rlhf.model.policy import build_policy
+from rlhf.config import AlgoConfig
 from rlhf.rollout.base import SamplingParams
 from rlhf.rollout.hf_engine import HFEngine
-
-
-def tiny_policy(lora: bool = False, value_head: bool = False):
-    cfg = ModelConfig(source="tiny_random", lora=LoraConfig(enabled=lora, r=4, alpha=8, dropout=0.0))
-    model, tok = load_causal_lm(cfg, seed=0)
-    return build_policy(model, cfg, value_head=value_head), tok
 
 
 def rollout_for(policy, tok, n=2):
@@ -35,7 +28,7 @@ def seq_logprob(policy, exp, rows):
 
 
 @pytest.mark.parametrize("algo", ["grpo", "ppo"])
-def test_update_raises_logprob_of_rewarded_samples(algo):
+def test_update_raises_logprob_of_rewarded_samples(tiny_policy, algo):
     policy, tok = tiny_policy(value_head=algo == "ppo")
     rollout = rollout_for(policy, tok)
     cfg = AlgoConfig(name=algo, lr=3e-3, critic_lr=1e-3, prompts_per_step=2, samples_per_prompt=2, minibatch_size=4,
@@ -53,7 +46,7 @@ def test_update_raises_logprob_of_rewarded_samples(algo):
     assert metrics["kl"] != metrics["kl"]  # kl_coef=0: the reference forward is skipped, KL reported as NaN
 
 
-def test_lora_reference_is_base_with_adapter_disabled():
+def test_lora_reference_is_base_with_adapter_disabled(tiny_policy):
     policy, tok = tiny_policy(lora=True)
     rollout = rollout_for(policy, tok)
     cfg = AlgoConfig(name="grpo", lr=1e-2, prompts_per_step=2, samples_per_prompt=2, minibatch_size=4, epochs=2,
@@ -70,7 +63,7 @@ def test_lora_reference_is_base_with_adapter_disabled():
     assert sum(p.numel() for p in policy.parameters()) == n_params  # no second copy of the model
 
 
-def test_non_finite_loss_is_skipped_not_applied():
+def test_non_finite_loss_is_skipped_not_applied(tiny_policy):
     policy, tok = tiny_policy()
     rollout = rollout_for(policy, tok)
     cfg = AlgoConfig(name="grpo", lr=1e-2, prompts_per_step=2, samples_per_prompt=2, minibatch_size=2, epochs=1,
@@ -83,7 +76,7 @@ def test_non_finite_loss_is_skipped_not_applied():
     assert all(torch.equal(v, policy.model.state_dict()[k]) for k, v in before.items())
 
 
-def test_generation_with_merged_lora_leaves_base_bitwise_unchanged():
+def test_generation_with_merged_lora_leaves_base_bitwise_unchanged(tiny_policy):
     from rlhf.rollout.hf_engine import merged_adapter
 
     policy, tok = tiny_policy(lora=True)
@@ -108,8 +101,8 @@ def test_generation_with_merged_lora_leaves_base_bitwise_unchanged():
 # ------------------------------------------------------------------------------------- gradient accumulation
 def accumulation_setup(algo: str, loss_agg: str):
     """A rollout of 8 samples with response lengths 0..8 tokens (masks cut short; one empty response, which seq_mean
-    leaves out), every loss term switched on."""
-    policy, tok = tiny_policy(value_head=algo == "ppo")
+    leaves out), every loss term switched on. Also used by tests/ds_accumulation.py, outside pytest: no fixtures."""
+    policy, tok = build_tiny_policy(value_head=algo == "ppo")
     rollout = rollout_for(policy, tok, n=4)
     cfg = AlgoConfig(name=algo, lr=1e-3, critic_lr=1e-3, prompts_per_step=2, samples_per_prompt=4, minibatch_size=8,
                      epochs=1, kl_coef=0.1, kl_in="loss", kl_estimator="k3", entropy_coef=0.05, vf_coef=0.5,
@@ -195,7 +188,7 @@ def test_non_finite_micro_batch_skips_its_whole_minibatch():
     assert all(p.grad is None for p in trainable_params(policy))
 
 
-def test_experience_forwards_in_micro_batches(monkeypatch):
+def test_experience_forwards_in_micro_batches(tiny_policy, monkeypatch):
     policy, tok = tiny_policy(value_head=True)
     rollout = rollout_for(policy, tok, n=4)
     cfg = AlgoConfig(name="ppo", prompts_per_step=2, samples_per_prompt=4, minibatch_size=8, kl_coef=0.1)

@@ -1,16 +1,16 @@
 """load_math_split (synthetic and local GSM8K files) and chat prompt formatting."""
 
 import json
-from pathlib import Path
 
 import datasets
 import pytest
+from helpers import FIXTURES
 
-from rlhf.config import DatasetConfig, ModelConfig
+from rlhf.config import DatasetConfig
 from rlhf.dataset import format_prompt, load_math_split
 from rlhf.task.math_grading import reference_answer
 
-SAMPLE = Path(__file__).resolve().parent / "fixtures" / "gsm8k_sample.jsonl"
+SAMPLE = FIXTURES / "gsm8k_sample.jsonl"
 SAMPLE_REFERENCES = ["216", "100", "173", "110", "37500", "-5", "2.25", "240"]
 
 
@@ -115,13 +115,6 @@ def test_gsm8k_file_errors(tmp_path):
     (tmp_path / "gsm.csv").write_text("question,answer\n")
     with pytest.raises(ValueError, match="unsupported extension"):
         load_math_split(gsm8k_cfg(tmp_path / "gsm.csv"), "train")
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    from rlhf.model.load import load_tokenizer
-
-    return load_tokenizer(ModelConfig(source="tiny_random"))
 
 
 def test_format_prompt(tokenizer):

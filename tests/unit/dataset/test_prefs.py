@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
+from helpers import FIXTURES as FIX
+from helpers import ROOT
 from omegaconf import OmegaConf
 
 from rlhf.config import DatasetConfig
 from rlhf.dataset import prefs
 from rlhf.eval.rewardbench import SYNTHETIC_SECTIONS
 
-FIX = Path(__file__).parent / "fixtures"
-CONF = Path(__file__).parent.parent / "conf" / "dataset"
+CONF = ROOT / "conf" / "dataset"
 
 
 def test_synthetic_prefs_disjoint_seeded_and_balanced():

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
+from helpers import FIXTURES as FIX
 
 from rlhf.eval import rewardbench as rb
-
-FIX = Path(__file__).parent / "fixtures"
 
 
 def test_pair_outcome_tie_counts_half():

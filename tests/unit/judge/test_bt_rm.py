@@ -40,20 +40,13 @@ def test_right_pad_last_token_index():
     assert last_token_index(mask).tolist() == [2, 0]
 
 
-@pytest.fixture(scope="module")
-def tok():
-    from rlhf.model.load import load_tokenizer
-
-    return load_tokenizer(TINY)
-
-
-def test_encoding_ends_with_exactly_one_eos(tok):
-    ids = encode_response(tok, "Add 2 and 3.", "2 + 3 = 5.\n#### 5", max_len=512)
-    assert ids[-1] == tok.eos_token_id and ids[-2] != tok.eos_token_id
-    long = encode_response(tok, "word " * 400, "answer " * 400, max_len=64)
-    assert len(long) == 64 and long[-1] == tok.eos_token_id and long[-2] != tok.eos_token_id
+def test_encoding_ends_with_exactly_one_eos(tokenizer):
+    ids = encode_response(tokenizer, "Add 2 and 3.", "2 + 3 = 5.\n#### 5", max_len=512)
+    assert ids[-1] == tokenizer.eos_token_id and ids[-2] != tokenizer.eos_token_id
+    long = encode_response(tokenizer, "word " * 400, "answer " * 400, max_len=64)
+    assert len(long) == 64 and long[-1] == tokenizer.eos_token_id and long[-2] != tokenizer.eos_token_id
     # an explicit trailing EOS in the text does not produce a second one
-    assert encode_response(tok, "q", "a" + tok.eos_token, 512) == encode_response(tok, "q", "a", 512)
+    assert encode_response(tokenizer, "q", "a" + tokenizer.eos_token, 512) == encode_response(tokenizer, "q", "a", 512)
 
 
 def test_padding_does_not_change_scores():

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import ROOT
 from omegaconf import OmegaConf
 
 from rlhf.config import ConfigError, JudgeConfig, ModelConfig
@@ -21,7 +21,7 @@ from rlhf.judge.verdict import (
 )
 from rlhf.model.tensors import pad_sequences, position_ids_from_mask
 
-CONF = Path(__file__).parent.parent / "conf" / "judge"
+CONF = ROOT / "conf" / "judge"
 DEMOS = [
     {"prompt": "What is 2 + 2?", "chosen": "2 + 2 = 4.\n#### 4", "rejected": "2 + 2 = 5.\n#### 5"},
     {"prompt": "What is 3 * 3?", "chosen": "3 * 3 = 9.\n#### 9", "rejected": "I cannot help with that."},
@@ -33,10 +33,8 @@ ITEMS = (["What is 10 + 5?", "Tom has 4 apples and eats one. How many are left?"
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    from rlhf.model.load import load_causal_lm
-
-    model, tok = load_causal_lm(ModelConfig(source="tiny_random"), seed=0)
+def tiny(tiny_lm):
+    model, tok = tiny_lm(seed=0)
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():  # larger weights than the 0.02 init, so verdict logits actually differ between items
         for p in model.parameters():
@@ -180,7 +178,7 @@ def test_embedded_judge_cache_matches_and_symmetric():
 def test_bench_judge_runs_on_tiny_model():
     import importlib.util
 
-    path = Path(__file__).parent.parent / "scripts" / "bench_judge.py"
+    path = ROOT / "scripts" / "bench_judge.py"
     spec = importlib.util.spec_from_file_location("bench_judge", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

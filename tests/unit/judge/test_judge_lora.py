@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
+from helpers import FIXTURES as FIX
 
 from rlhf.config import DatasetConfig, JudgeConfig, ModelConfig
 from rlhf.dataset.prefs import load_pref_split, pref_rows
@@ -20,7 +19,6 @@ from rlhf.judge.lora_judge import (
 )
 
 TINY = ModelConfig(source="tiny_random")
-FIX = Path(__file__).parent / "fixtures"
 
 
 def test_pack_targets_aligns_labels_to_the_right():

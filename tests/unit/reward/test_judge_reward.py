@@ -85,7 +85,11 @@ def test_trains_first_without_checkpoint(tmp_path, name):
     calls = []
     ctx = make_context(cfg, tmp_path, log=lambda m, step, prefix: calls.append((prefix, step, m)))
     reward = build_judge_reward(cfg, ctx)
-    assert [c[:2] for c in calls] == [("judge", 0), ("judge", 1)]
+    # two training steps, then the held-out pair accuracy (judge.heldout_pairs) logged after the last of them
+    assert [c[:2] for c in calls] == [("judge", 0), ("judge", 1), ("judge", 2)]
+    assert "loss" in calls[1][2] and 0.0 <= calls[2][2]["heldout_accuracy"] <= 1.0
+    assert calls[2][2]["heldout_pairs"] == cfg.judge.heldout_pairs
+    assert reward.summary and "held-out pair accuracy" in next(iter(reward.summary))
     assert (tmp_path / "judge").is_dir()
     out = reward.score(make_rollout())
     assert out.rewards.shape == (4,) and torch.isfinite(out.rewards).all()
@@ -99,4 +103,4 @@ def test_metrics_file_when_no_logger(tmp_path):
     cfg = make_cfg("bt_rm")
     build_judge_reward(cfg, make_context(cfg, tmp_path))
     lines = (tmp_path / "judge_metrics.jsonl").read_text().splitlines()
-    assert len(lines) == 2 and "loss" in json.loads(lines[0])
+    assert len(lines) == 3 and "loss" in json.loads(lines[0]) and "heldout_accuracy" in json.loads(lines[2])

@@ -16,12 +16,9 @@ from rlhf.config import (
     HardwareConfig,
     LoggingConfig,
     LoraConfig,
-    ModelConfig,
     validate,
 )
 from rlhf.judge.lora_judge import load_lora_judge, peft_lora_config
-from rlhf.model.load import load_causal_lm
-from rlhf.model.policy import build_policy
 from rlhf.model.shared import (
     JUDGE_ADAPTER,
     AdapterView,
@@ -32,15 +29,17 @@ from rlhf.report.logger import MetricsLogger
 from rlhf.reward.base import RewardContext
 from rlhf.reward.judge_reward import build_judge_reward
 
-TINY = ModelConfig(source="tiny_random")
 
+@pytest.fixture
+def actor(tiny_policy):
+    """`actor(lora=True)` -> (policy, tokenizer): the tiny random model (seed 0), LoRA r=4 on q_proj/v_proj or full."""
 
-def actor(lora: bool = True):
-    model, tok = load_causal_lm(replace(TINY, lora=replace(TINY.lora, enabled=lora)), "float32", seed=0)
-    cfg = replace(TINY, lora=LoraConfig(enabled=lora, r=4, alpha=8, target_modules=["q_proj", "v_proj"]))
-    policy = build_policy(model, cfg, value_head=False)
-    policy.eval()  # (from_config builds in train mode; LoRA dropout would make forwards random)
-    return policy, tok
+    def build(lora: bool = True):
+        policy, tok = tiny_policy(lora=LoraConfig(enabled=lora, r=4, alpha=8, target_modules=["q_proj", "v_proj"]))
+        policy.eval()  # (from_config builds in train mode; LoRA dropout would make forwards random)
+        return policy, tok
+
+    return build
 
 
 def lora_cfg(cfg, enabled: bool = True):
@@ -62,7 +61,7 @@ def randomize_actor_adapter(policy):
             p.normal_(0, 0.2)
 
 
-def test_adapter_view_switches_and_restores():
+def test_adapter_view_switches_and_restores(actor):
     policy, _ = actor()
     randomize_actor_adapter(policy)
     view = add_judge_adapter(policy.model, peft_lora_config(LoraConfig(enabled=True, r=2, alpha=4,
@@ -89,7 +88,7 @@ def test_adapter_view_switches_and_restores():
     assert flags(policy.model) == before
 
 
-def test_rubric_judge_on_shared_base_scores_like_a_copy(tmp_path):
+def test_rubric_judge_on_shared_base_scores_like_a_copy(actor, tmp_path):
     cfg = lora_cfg(make_cfg("rubric_judge", judge_signal="pairwise"))
     policy, tok = actor()
     randomize_actor_adapter(policy)  # the judge must not see the actor's adapter
@@ -102,7 +101,7 @@ def test_rubric_judge_on_shared_base_scores_like_a_copy(tmp_path):
     assert torch.allclose(shared.score(rollout).rewards, copy.score(rollout).rewards, atol=1e-5)
 
 
-def test_rubric_judge_full_finetune_uses_the_reference_copy(tmp_path):
+def test_rubric_judge_full_finetune_uses_the_reference_copy(actor, tmp_path):
     cfg = lora_cfg(make_cfg("rubric_judge"), enabled=False)
     policy, tok = actor(lora=False)
     reward = build_judge_reward(cfg, context(cfg, tmp_path, policy, tok))
@@ -110,7 +109,7 @@ def test_rubric_judge_full_finetune_uses_the_reference_copy(tmp_path):
     assert torch.isfinite(reward.score(make_rollout()).rewards).all()
 
 
-def test_lora_judge_trains_its_adapter_only_and_is_reused_on_resume(tmp_path):
+def test_lora_judge_trains_its_adapter_only_and_is_reused_on_resume(actor, tiny_lm, tmp_path):
     cfg = lora_cfg(make_cfg("lora_judge"))
     policy, tok = actor()
     randomize_actor_adapter(policy)
@@ -119,7 +118,7 @@ def test_lora_judge_trains_its_adapter_only_and_is_reused_on_resume(tmp_path):
     before = flags(policy.model)
     calls = []
     reward = build_judge_reward(cfg, context(cfg, tmp_path, policy, tok, log=lambda m, s, prefix: calls.append(s)))
-    assert calls == [0, 1] and isinstance(reward.scorer.model, AdapterView)
+    assert calls == [0, 1, 2] and isinstance(reward.scorer.model, AdapterView)  # 2 steps + held-out accuracy
     moved = [n for n, p in policy.model.named_parameters() if not torch.equal(p, actor_state.get(plain(n), p + 1))]
     assert moved and all(f".{JUDGE_ADAPTER}." in n for n in moved)  # only the judge adapter exists anew / moved
     assert {plain(n): f for n, f in flags(policy.model).items() if f".{JUDGE_ADAPTER}." not in n} == \
@@ -137,7 +136,7 @@ def test_lora_judge_trains_its_adapter_only_and_is_reused_on_resume(tmp_path):
     # the actor's checkpoint holds the actor's adapter only
     write_model_files(tmp_path / "ckpt", policy, tok)
     assert not (tmp_path / "ckpt" / "adapter" / JUDGE_ADAPTER).exists()
-    assert isinstance(PeftModel.from_pretrained(load_causal_lm(TINY, "float32", seed=0)[0],
+    assert isinstance(PeftModel.from_pretrained(tiny_lm(seed=0)[0],
                                                 str(tmp_path / "ckpt" / "adapter")), PeftModel)
 
     # resume: a fresh actor in the same run dir loads <run_dir>/judge instead of training again
@@ -148,7 +147,7 @@ def test_lora_judge_trains_its_adapter_only_and_is_reused_on_resume(tmp_path):
     assert torch.allclose(again.score(make_rollout()).rewards, out.rewards, atol=1e-5)
 
 
-def test_share_base_false_and_impossible_requests(tmp_path):
+def test_share_base_false_and_impossible_requests(actor, tmp_path):
     cfg = lora_cfg(make_cfg("rubric_judge", judge_kw={"share_base": False}))
     policy, tok = actor()
     assert not isinstance(build_judge_reward(cfg, context(cfg, tmp_path, policy, tok)).scorer.model, AdapterView)

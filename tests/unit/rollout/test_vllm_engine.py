@@ -211,14 +211,12 @@ def test_bad_sync_raises_and_applies_nothing(engine, hf_model, prompts, baseline
 
 
 # ------------------------------------------------------------------------------- weight stream (no vLLM needed)
-def test_named_weights_merge_lora_without_mutating():
+def test_named_weights_merge_lora_without_mutating(tiny_lm):
     from peft import LoraConfig, get_peft_model
 
-    from rlhf.config import ModelConfig
-    from rlhf.model.load import load_causal_lm
     from rlhf.rollout.weight_sync import named_weights_for_sync
 
-    base, _ = load_causal_lm(ModelConfig(source="tiny_random"), dtype="float32", seed=0)
+    base, _ = tiny_lm(seed=0, dtype="float32")
     plain = dict(named_weights_for_sync(base))
     assert set(plain) == {n for n, _ in base.named_parameters()}
     pm = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"]))

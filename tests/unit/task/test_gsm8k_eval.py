@@ -1,11 +1,8 @@
-"""GSM8K answer extraction and exact-match scoring; expected values worked out by hand."""
-
-import json
-import subprocess
-import sys
-from pathlib import Path
+"""GSM8K answer extraction and exact-match scoring; expected values worked out by hand. (`python -m rlhf.evaluate
+task=gsm8k` on the predictions fixture: tests/e2e/test_gsm8k_eval_cli.py.)"""
 
 import pytest
+from helpers import FIXTURES
 
 from rlhf.eval.gsm8k import run_task
 from rlhf.evaluate import EvaluateConfig
@@ -16,8 +13,7 @@ from rlhf.task.math_grading import (
     score_predictions,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
-PREDICTIONS = ROOT / "tests" / "fixtures" / "gsm8k_predictions.jsonl"
+PREDICTIONS = FIXTURES / "gsm8k_predictions.jsonl"
 
 # (text, strict, flexible)
 EXTRACTION_CASES = [
@@ -161,30 +157,3 @@ def test_run_task_reads_predictions_file():
     cfg.limit = 4  # rows 0-3: strict 2/4, flexible 3/4
     results, _ = run_task(cfg)
     assert (results["n"], results["em_strict"], results["em_flexible"]) == (4, 0.5, 0.75)
-
-
-def test_evaluate_cli_on_predictions(tmp_path):
-    out = tmp_path / "out.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "rlhf.evaluate", "task=gsm8k", f"predictions={PREDICTIONS}", f"output={out}",
-         f"hydra.run.dir={tmp_path / 'hydra'}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr
-    results = json.loads(out.read_text())
-    assert results["task"] == "gsm8k" and results["n"] == 9
-    assert results["em_strict"] == pytest.approx(5 / 9)
-    assert results["em_flexible"] == pytest.approx(7 / 9)
-    assert out.with_suffix(".md").is_file()
-
-
-def test_evaluate_cli_bad_row(tmp_path):
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"answer": "#### 1", "response": "1"}\n{"answer": "#### 2"}\n')
-    proc = subprocess.run(
-        [sys.executable, "-m", "rlhf.evaluate", "task=gsm8k", f"predictions={bad}", f"output={tmp_path / 'o.json'}",
-         f"hydra.run.dir={tmp_path / 'hydra'}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
-    )
-    assert proc.returncode == 2
-    assert "row 1: missing field 'response'" in proc.stderr
