@@ -45,9 +45,6 @@ STARTUP_ERRORS = (ConfigError, FileNotFoundError, NotADirectoryError, ValueError
 
 @hydra.main(version_base=None, config_path="../conf", config_name="config")
 def main(dcfg: DictConfig) -> float:
-    missing = [k for k in ("output",) if k in dcfg and OmegaConf.is_missing(dcfg, k)]
-    if missing:
-        fail([f"{k}: missing mandatory value" for k in missing])
     try:
         cfg = to_config(dcfg)
     except ConfigError as e:

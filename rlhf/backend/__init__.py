@@ -12,9 +12,8 @@ def build_backend(cfg: Config, policy: Policy, dist: DistContext) -> TrainingBac
     """hardware.deepspeed_stage 0: TorchBackend; 2 or 3: DeepSpeedBackend (deepspeed is imported only then)."""
     if not cfg.hardware.deepspeed_stage:
         return TorchBackend(policy, cfg.algo)
-    from rlhf.backend.zero import (
-        DeepSpeedBackend,  # optional heavy dependency (deepspeed)
-    )
+    # optional heavy dependency: deepspeed is imported only here (after init_distributed set DS_ACCELERATOR)
+    from rlhf.backend.zero import DeepSpeedBackend
 
     return DeepSpeedBackend(cfg, policy, dist)
 
