@@ -12,6 +12,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 
+from rlhf.config import DatasetConfig
 from rlhf.dataset.chat import render_prompt
 from rlhf.rollout.base import greedy_replies
 
@@ -53,8 +54,10 @@ class PromptTask:
     kind: str = ""
     needs: tuple = ()
 
-    def __init__(self, system_prompt: Optional[str]):
-        self.system_prompt = system_prompt
+    def __init__(self, cfg: DatasetConfig):
+        self.cfg = cfg
+        self.name = cfg.name
+        self.system_prompt = cfg.system_prompt
 
     def items(self, split: str) -> List[TaskItem]:
         raise NotImplementedError

@@ -9,7 +9,6 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from rlhf.config import DatasetConfig
 from rlhf.dataset.prefs import pref_rows
 from rlhf.task.base import PromptTask, ReplyScorer, TaskItem, TaskMetrics
 
@@ -39,11 +38,6 @@ class ChatTask(PromptTask):
     needs = ("reference",)
     mean_keys = ("reward_mean", "reference_reward_mean", "win_rate", "mean_response_tokens")
     headline = "win_rate"
-
-    def __init__(self, cfg: DatasetConfig):
-        super().__init__(cfg.system_prompt)
-        self.cfg = cfg
-        self.name = cfg.name
 
     def items(self, split: str) -> List[TaskItem]:
         rows = pref_rows(self.cfg, split)

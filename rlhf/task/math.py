@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import List, Optional, Sequence
 
-from rlhf.config import DatasetConfig
 from rlhf.dataset.math_data import judge_prompt, load_math_split
 from rlhf.task.base import PromptTask, ReplyScorer, TaskItem, TaskMetrics
 from rlhf.task.math_grading import score_predictions
@@ -16,11 +15,6 @@ class MathTask(PromptTask):
     needs = ("answer",)
     mean_keys = ("em_strict", "em_flexible", "mean_response_tokens")
     headline = "em_flexible"
-
-    def __init__(self, cfg: DatasetConfig):
-        super().__init__(cfg.system_prompt)
-        self.cfg = cfg
-        self.name = cfg.name
 
     def items(self, split: str) -> List[TaskItem]:
         return [TaskItem(messages=[{"role": "user", "content": r["question"]}],
