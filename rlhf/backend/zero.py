@@ -28,10 +28,11 @@ Checkpoints keep the single-process layout (model/ or adapter/, value_head.safet
 .safetensors, COMPLETE), written by rank 0 from gathered weights, so `rlhf.evaluate checkpoint=...` and a plain resume
 read them unchanged; the optimizer partitions are DeepSpeed's own save_checkpoint in deepspeed/ inside the same atomic
 directory, and every rank saves its RNG state as rng_rank<r>.json + .safetensors (rlhf.backend.checkpoint.save_state:
-no pickle). DeepSpeed's engine.load_checkpoint reads its own .pt files with torch.load(weights_only=False)
-(deepspeed/runtime/checkpoint_engine/torch_checkpoint_engine.py), i.e. it unpickles them: before calling it, every
-pickle under deepspeed/ is scanned (rlhf.backend.safe_pickle, nothing executed) and a checkpoint that references
-anything outside the allow-list of what DeepSpeed writes is refused.
+no pickle). DeepSpeed's checkpoint engine reads its own .pt files with torch.load(weights_only=False)
+(deepspeed/runtime/checkpoint_engine/torch_checkpoint_engine.py). On resume its load is swapped for
+torch.load(weights_only=True) (torch's restricted unpickler, plus the few DeepSpeed classes its files hold), so no
+file can build anything else; before that, every pickle under deepspeed/ is scanned (rlhf.backend.safe_pickle,
+nothing executed) so that a file naming anything outside the allow-list is refused up front, by name.
 """
 
 from __future__ import annotations
@@ -40,8 +41,10 @@ import contextlib
 import copy
 import datetime
 import hashlib
+import importlib
 import logging
 import math
+import pickle
 import shutil
 from pathlib import Path
 from typing import Any, Dict, Iterator, NamedTuple, Optional
@@ -62,7 +65,7 @@ from rlhf.backend.checkpoint import (
     write_model_files,
 )
 from rlhf.backend.distributed import DistContext
-from rlhf.backend.safe_pickle import UnsafePickleError, check_torch_dir
+from rlhf.backend.safe_pickle import DEEPSPEED_GLOBALS, UnsafePickleError, check_torch_dir
 from rlhf.config import Config
 from rlhf.model.policy import Policy
 from rlhf.report.io import atomic_write_json
@@ -293,13 +296,14 @@ class DeepSpeedBackend(TrainingBackend):
         if meta.get("tag", DS_TAG) != DS_TAG:  # a tag like ../../x would make DeepSpeed load files outside deepspeed/
             raise ValueError(f"resume: {ckpt}: unexpected DeepSpeed tag {meta.get('tag')!r} (this version writes "
                              f"{DS_TAG!r})")
-        try:  # DeepSpeed unpickles its files (torch.load weights_only=False): vet them first, without running them
+        try:  # refuse early, by name, any file that references something outside the allow-list (nothing is run)
             check_torch_dir(ckpt / "deepspeed")
         except UnsafePickleError as e:
             raise ValueError(f"resume: {e}") from None
-        path, _ = self.ds_engine.load_checkpoint(str(ckpt / "deepspeed"), tag=DS_TAG,
-                                              load_module_strict=False, load_optimizer_states=True,
-                                              load_lr_scheduler_states=False)
+        with restricted_checkpoint_loads(self.ds_engine):
+            path, _ = self.ds_engine.load_checkpoint(str(ckpt / "deepspeed"), tag=DS_TAG,
+                                                     load_module_strict=False, load_optimizer_states=True,
+                                                     load_lr_scheduler_states=False)
         if path is None:
             raise FileNotFoundError(f"resume: DeepSpeed could not load {ckpt / 'deepspeed'}")
         stem = f"rng_rank{self.dist.rank}"
@@ -311,6 +315,31 @@ class DeepSpeedBackend(TrainingBackend):
         state.pop("optimizer", None)
         self.scheduler.load_state_dict(state.pop("scheduler"))
         return state
+
+
+@contextlib.contextmanager
+def restricted_checkpoint_loads(ds_engine: Any) -> Iterator[None]:
+    """Every file DeepSpeed loads in the block goes through torch.load(weights_only=True), torch's restricted
+    unpickler, with only the DeepSpeed classes of the allow-list added: DeepSpeed's own checkpoint engine calls
+    torch.load(weights_only=False), which would run whatever a crafted file asks for. (The opcode scan before it
+    refuses such a file early, with the offending name; this is what guarantees nothing else is ever built.)"""
+    engine = ds_engine.checkpoint_engine
+    original = engine.load
+    extra = [getattr(importlib.import_module(module), name) for module, name in sorted(DEEPSPEED_GLOBALS)]
+
+    def load(path: str, map_location=None):
+        try:
+            with torch.serialization.safe_globals(extra):
+                return torch.load(path, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as e:
+            first = (str(e).strip().splitlines() or ["?"])[0][:200]
+            raise ValueError(f"resume: {path} refused by the restricted unpickler ({first})") from None
+
+    engine.load = load
+    try:
+        yield
+    finally:
+        engine.load = original
 
 
 def weights_digest(policy: Policy) -> str:

@@ -397,12 +397,24 @@ def test_the_traps_are_live(tmp_path, trap):
     assert marker.exists()
 
 
+class _TorchCheckpointEngine:
+    """What DeepSpeed's TorchCheckpointEngine.load does: a full unpickle."""
+
+    def load(self, path, map_location=None):
+        return torch.load(path, map_location=map_location, weights_only=False)
+
+
 class _StubEngine:
+    """DeepSpeed's engine as far as load_checkpoint goes: every .pt under the dir through checkpoint_engine.load."""
+
     def __init__(self):
         self.calls = []
+        self.checkpoint_engine = _TorchCheckpointEngine()
 
     def load_checkpoint(self, path, **kw):
         self.calls.append(path)
+        for f in sorted(Path(path).rglob("*.pt")):
+            self.checkpoint_engine.load(str(f), map_location="cpu")
         return path, None
 
 
@@ -441,3 +453,24 @@ def test_deepspeed_resume_scans_before_deepspeed_unpickles(tmp_path):
     with pytest.raises(ValueError, match="unexpected DeepSpeed tag"):
         DeepSpeedBackend.load(runtime, outside)
     assert len(runtime.ds_engine.calls) == 1
+
+
+def test_deepspeed_files_are_loaded_by_the_restricted_unpickler(tmp_path, monkeypatch):
+    """Even past the opcode scan (disabled here), DeepSpeed's own loads run with weights_only=True: a trapped file is
+    refused by torch's restricted unpickler and never runs; the engine's own loader is put back afterwards."""
+    from types import SimpleNamespace
+
+    import rlhf.backend.zero as zero
+
+    monkeypatch.setattr(zero, "check_torch_dir", lambda path: None)
+    runtime = SimpleNamespace(stage=2, dist=SimpleNamespace(world_size=1, rank=0), ds_engine=_StubEngine(),
+                              scheduler=SimpleNamespace(load_state_dict=lambda state: None))
+    original = runtime.ds_engine.checkpoint_engine.load
+    good = _ds_checkpoint(tmp_path / "good", {"module": OrderedDict(w=torch.ones(2))})
+    assert zero.DeepSpeedBackend.load(runtime, good)["step"] == 1  # real payloads load
+    marker = tmp_path / "MARKER"
+    bad = _ds_checkpoint(tmp_path / "bad", {"module": {}, "x": SystemTrap(marker)})
+    with pytest.raises(ValueError, match="^resume: .*mp_rank_00_model_states.pt refused by the restricted unpickler"):
+        zero.DeepSpeedBackend.load(runtime, bad)
+    assert not marker.exists()
+    assert runtime.ds_engine.checkpoint_engine.load == original
