@@ -140,10 +140,11 @@ class JudgeConfig:
 # ---------------------------------------------------------------------------------------------------------------- algo
 @dataclass
 class AlgoConfig:
-    # ppo | grpo
+    """The keys every algorithm has: optimisation and batch shape. Each algorithm in rlhf/algo/ subclasses it with its
+    own keys (its schema, registered as algo/<name>_schema), so a key that belongs to another algorithm is refused."""
+
     name: str = "ppo"
     lr: float = 1e-5
-    critic_lr: float = 5e-5
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     warmup_steps: int = 0
@@ -154,33 +155,51 @@ class AlgoConfig:
     # samples per forward/backward chunk, gradients accumulated over a minibatch (0: minibatch_size); must divide it
     micro_batch_size: int = 0
     epochs: int = 1  # passes over one rollout batch
-    # Clipping
-    clip_eps: float = 0.2
-    value_clip_eps: float = 0.2
-    vf_coef: float = 0.5
-    entropy_coef: float = 0.0
-    # Advantage estimation (ppo)
-    gamma: float = 1.0
-    lam: float = 0.95
-    whiten_rewards: bool = False
-    whiten_advantages: bool = True
-    # grpo: divide group-centred rewards by the group std
-    scale_by_std: bool = True
-    # token_mean | seq_mean | seq_mean_token_sum_norm (Dr. GRPO: each reply's token sum / a constant, mean over replies)
-    loss_agg: str = "token_mean"
-    # seq_mean_token_sum_norm's constant divisor (0: generation.max_new_tokens)
-    loss_norm_tokens: int = 0
-    # dual-clip PPO (Ye et al. 2020): for A < 0 the per-token loss is capped at -A * c; 0 disables, 3 is the usual c
-    dual_clip_c: float = 0.0
-    # KL to the reference policy
-    kl_coef: float = 0.05
-    kl_estimator: str = "k1"  # k1 | k2 | k3
-    kl_in: str = "reward"  # reward (per-token penalty) | loss (term in the policy loss)
-    kl_controller: str = "fixed"  # fixed | adaptive
-    kl_target: float = 0.1
-    kl_horizon: int = 10000
-    # Truncated importance sampling between engine and trainer log-probs (0 disables)
-    tis_cap: float = 0.0
+
+    # the smallest samples_per_prompt the algorithm can learn from (group baselines need 2)
+    min_samples_per_prompt = 1
+
+    def errors(self) -> List[str]:
+        """'algo.<key>: ...' for every value the types cannot reject; subclasses add their own keys' checks."""
+        errors = range_errors(self, "algo", positive=["lr", "prompts_per_step", "samples_per_prompt", "minibatch_size",
+                                                      "epochs"],
+                              non_negative=["weight_decay", "max_grad_norm", "warmup_steps"])
+        if errors:
+            return errors
+        samples = self.prompts_per_step * self.samples_per_prompt
+        if samples % self.minibatch_size != 0:
+            errors.append(f"algo.minibatch_size: {self.minibatch_size} must divide prompts_per_step*samples_per_prompt "
+                          f"= {samples}")
+        if self.micro_batch_size < 0 or (self.micro_batch_size and self.minibatch_size % self.micro_batch_size != 0):
+            errors.append(f"algo.micro_batch_size: {self.micro_batch_size} must be 0 (= minibatch_size) or divide "
+                          f"minibatch_size = {self.minibatch_size}")
+        if self.samples_per_prompt < self.min_samples_per_prompt:
+            errors.append(f"algo.samples_per_prompt: {self.name} needs at least {self.min_samples_per_prompt} samples "
+                          f"per prompt, got {self.samples_per_prompt}")
+        return errors
+
+    def run_errors(self, cfg: Any) -> List[str]:
+        """Checks against the rest of the run's config (cfg: the training Config); default none."""
+        return []
+
+
+def range_errors(obj: Any, prefix: str, positive: List[str] = (), non_negative: List[str] = (),
+                 unit: List[str] = (), choices: Optional[Dict[str, tuple]] = None) -> List[str]:
+    """'<prefix>.<key>: ...' for each listed key of obj that is out of its range (or not one of its choices)."""
+    errors = []
+    for key, allowed in (choices or {}).items():
+        if getattr(obj, key) not in allowed:
+            errors.append(f"{prefix}.{key}: {getattr(obj, key)!r} is not one of {list(allowed)}")
+    for key in positive:
+        if not getattr(obj, key) > 0:
+            errors.append(f"{prefix}.{key}: must be > 0, got {getattr(obj, key)!r}")
+    for key in non_negative:
+        if not getattr(obj, key) >= 0:
+            errors.append(f"{prefix}.{key}: must be >= 0, got {getattr(obj, key)!r}")
+    for key in unit:
+        if not 0.0 <= getattr(obj, key) <= 1.0:
+            errors.append(f"{prefix}.{key}: must be in [0, 1], got {getattr(obj, key)!r}")
+    return errors
 
 
 # ------------------------------------------------------------------------------------------------------------ hardware
@@ -264,11 +283,6 @@ CHOICES = {
     "reward.mode": ("strict", "flexible"),
     "reward.judge_signal": ("pointwise", "pairwise"),
     "judge.mode": ("pairwise", "pointwise"),
-    "algo.name": ("ppo", "grpo"),
-    "algo.loss_agg": ("token_mean", "seq_mean", "seq_mean_token_sum_norm"),
-    "algo.kl_estimator": ("k1", "k2", "k3"),
-    "algo.kl_in": ("reward", "loss"),
-    "algo.kl_controller": ("fixed", "adaptive"),
     "hardware.device": ("cpu", "cuda", "auto"),
     "hardware.dtype": ("float32", "bfloat16", "float16"),
     "hardware.rollout": ("hf", "vllm"),
@@ -280,20 +294,17 @@ POSITIVE = [
     "model.lora.r", "model.lora.alpha", "dataset.num_train", "dataset.num_test", "dataset.max_prompt_tokens",
     "judge.max_len", "judge.train_steps", "judge.batch_size", "judge.lr", "judge.eval_batch_size",
     "judge.rationale_max_new_tokens",
-    "algo.lr", "algo.critic_lr", "algo.prompts_per_step", "algo.samples_per_prompt", "algo.minibatch_size", "algo.epochs",
-    "algo.kl_target", "algo.kl_horizon", "generation.max_new_tokens", "generation.eval_batch_size",
+    "generation.max_new_tokens", "generation.eval_batch_size",
     "generation.eval_max_new_tokens", "steps", "keep_checkpoints", "max_bad_steps", "hardware.vllm_sync_timeout_s",
     "hardware.dist_timeout_s", "model.tiny.hidden_size", "model.tiny.intermediate_size", "model.tiny.num_hidden_layers",
     "model.tiny.num_attention_heads", "model.tiny.num_key_value_heads", "model.tiny.max_position_embeddings",
 ]
 NON_NEGATIVE = [
     "model.lora.dropout", "judge.num_demos", "judge.margin", "judge.lora_layers", "judge.heldout_pairs",
-    "algo.weight_decay", "algo.max_grad_norm",
-    "algo.warmup_steps", "algo.clip_eps", "algo.value_clip_eps", "algo.vf_coef", "algo.entropy_coef", "algo.kl_coef",
-    "algo.tis_cap", "generation.temperature", "generation.top_k", "eval_every", "save_every", "num_eval",
+    "generation.temperature", "generation.top_k", "eval_every", "save_every", "num_eval",
     "hardware.num_threads", "reward.format_bonus", "seed", "dataset.seed", "judge.demo_seed",
 ]
-UNIT_INTERVAL = ["algo.gamma", "algo.lam", "generation.top_p", "hardware.vllm_gpu_memory_utilization"]
+UNIT_INTERVAL = ["generation.top_p", "hardware.vllm_gpu_memory_utilization"]
 
 
 _ABSENT = object()
@@ -352,8 +363,10 @@ def config_errors(cfg: Any) -> List[str]:
         elif t.num_key_value_heads > 0 and t.num_attention_heads % t.num_key_value_heads:
             errors.append(f"model.tiny.num_key_value_heads: {t.num_key_value_heads} does not divide "
                           f"model.tiny.num_attention_heads = {t.num_attention_heads}")
-    if has("algo"):
-        errors += _algo_errors(cfg.algo, bad_keys)
+    if has("algo"):  # each algorithm's schema checks its own keys
+        errors += [e for e in cfg.algo.errors() if e.split(":")[0] not in bad_keys]
+        if has("generation") and has("model") and has("hardware"):
+            errors += cfg.algo.run_errors(cfg)
     if has("dataset"):
         errors += _dataset_errors(cfg.dataset)
     if has("resume") and cfg.resume not in (None, "auto") and not str(cfg.resume).strip():
@@ -364,27 +377,6 @@ def config_errors(cfg: Any) -> List[str]:
         why = share_base_obstacle(cfg)
         if why:
             errors.append(f"judge.share_base: true is not possible here: {why}")
-    return errors
-
-
-def _algo_errors(a: "AlgoConfig", bad_keys: set) -> List[str]:
-    errors: List[str] = []
-    if any(k in bad_keys for k in ("algo.prompts_per_step", "algo.samples_per_prompt", "algo.minibatch_size")):
-        return errors
-    if a.prompts_per_step > 0 and a.samples_per_prompt > 0 and a.minibatch_size > 0:
-        samples = a.prompts_per_step * a.samples_per_prompt
-        if samples % a.minibatch_size != 0:
-            errors.append(f"algo.minibatch_size: {a.minibatch_size} must divide prompts_per_step*samples_per_prompt = "
-                          f"{samples}")
-        if a.micro_batch_size < 0 or (a.micro_batch_size and a.minibatch_size % a.micro_batch_size != 0):
-            errors.append(f"algo.micro_batch_size: {a.micro_batch_size} must be 0 (= minibatch_size) or divide "
-                          f"minibatch_size = {a.minibatch_size}")
-    if a.name == "grpo" and a.samples_per_prompt < 2:
-        errors.append("algo.samples_per_prompt: grpo needs at least 2 samples per prompt to form a group")
-    if a.dual_clip_c != 0 and not a.dual_clip_c > 1:
-        errors.append(f"algo.dual_clip_c: must be 0 (off) or > 1 (e.g. 3), got {a.dual_clip_c!r}")
-    if a.loss_agg == "seq_mean_token_sum_norm" and a.loss_norm_tokens < 0:
-        errors.append(f"algo.loss_norm_tokens: must be >= 0, got {a.loss_norm_tokens}")
     return errors
 
 
@@ -438,7 +430,7 @@ def to_config(cfg: DictConfig | Config) -> Config:
     obj = OmegaConf.to_object(cfg) if isinstance(cfg, DictConfig) else cfg
     assert is_dataclass(obj)
     validate(obj)
-    if obj.algo.loss_norm_tokens == 0:  # Dr. GRPO's constant: the generation budget
+    if getattr(obj.algo, "loss_norm_tokens", None) == 0:  # Dr. GRPO's constant: the generation budget
         obj.algo.loss_norm_tokens = obj.generation.max_new_tokens
     return obj
 

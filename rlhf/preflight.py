@@ -14,6 +14,7 @@ from typing import Callable, List
 
 from safetensors import safe_open
 
+from rlhf.algo.registry import algo_name_errors
 from rlhf.backend.checkpoint import refuse_legacy_pickle
 from rlhf.config import Config, ConfigError, config_errors
 from rlhf.judge.bt_rm import META as RM_META
@@ -126,7 +127,7 @@ def one_line(e: BaseException) -> str:
 
 def input_errors(cfg: Config) -> List[str]:
     """Every problem with the config's values and the inputs it names; [] when the run may start."""
-    errors = config_errors(cfg)
+    errors = algo_name_errors(cfg.algo) + config_errors(cfg)
     if errors:  # file checks on top of impossible values would mostly repeat them
         return errors
     for check in (model_errors, dataset_errors, judge_errors, resume_errors):

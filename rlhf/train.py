@@ -17,13 +17,14 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from rlhf.backend.distributed import world_config_errors
-from rlhf.config import ConfigError, register_configs, to_config
+from rlhf.algo.registry import register_training_configs
+from rlhf.config import ConfigError, to_config
 from rlhf.preflight import input_errors, one_line
 from rlhf.report.io import atomic_write_text
 from rlhf.trainer import StopTraining, Trainer
 
 log = logging.getLogger("rlhf")
-register_configs()
+register_training_configs()
 
 
 def fail(lines: List[str], code: int = 2, run_dir: Optional[Path] = None, detail: str = "") -> NoReturn:

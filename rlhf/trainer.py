@@ -12,7 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rlhf.algo.kl import build_kl_controller
-from rlhf.algo.step import make_experience, update
+from rlhf.algo.registry import build_algorithm
 from rlhf.backend import build_backend, setup_torch
 from rlhf.backend.checkpoint import resolve_resume, set_rng_state
 from rlhf.backend.distributed import init_distributed
@@ -29,7 +29,7 @@ from rlhf.reward import build_reward
 from rlhf.reward.base import RewardContext
 from rlhf.rollout import build_rollout_engine
 from rlhf.rollout.base import SamplingParams, greedy_replies
-from rlhf.rollout.sampling import generate_rollout
+from rlhf.rollout.sampling import concat_rollouts, generate_rollout, select_groups
 from rlhf.rollout.weight_sync import named_weights_for_sync
 from rlhf.task import build_task
 
@@ -58,7 +58,9 @@ class Trainer:
         model, self.tokenizer = load_causal_lm(cfg.model, cfg.hardware.dtype, seed=cfg.seed)
         # before LoRA is injected: vLLM needs plain base weights (tiny_random saves its random model for it)
         model_dir = self._rollout_model_dir(model) if cfg.hardware.rollout == "vllm" else None
-        self.policy = build_policy(model, cfg.model, value_head=cfg.algo.name == "ppo").to(self.device)
+        # the registered algorithm with this rank's batch shapes (prompts_per_step / minibatch_size are global)
+        self.algorithm = build_algorithm(self.dist.local_algo(cfg.algo))
+        self.policy = build_policy(model, cfg.model, value_head=self.algorithm.needs_critic).to(self.device)
         trainable, total = count_parameters(self.policy.model)
         log.info("policy: %s trainable of %s parameters (%.2f %%)", f"{trainable:,}", f"{total:,}",
                  100 * trainable / max(total, 1))
@@ -68,8 +70,7 @@ class Trainer:
         self.test_items = test[: cfg.num_eval] if cfg.num_eval else test
         self.sampler = PromptSampler(len(self.train_items), cfg.seed)
         self.backend = build_backend(cfg, self.policy, self.dist)  # optimizer, schedule, backward, checkpoints
-        a = cfg.algo
-        self.kl_ctl = build_kl_controller(a.kl_controller, a.kl_coef, a.kl_target, a.kl_horizon)
+        self.kl_ctl = build_kl_controller(*self.algorithm.kl_settings)
         self.logger = (MetricsLogger(self.run_dir, cfg.logging, as_dict(cfg), name=self.run_dir.name)
                        if self.dist.is_main else NullLogger())
         self.rollout_engine = build_rollout_engine(cfg, self.policy.generation_model(), self.tokenizer, self.device,
@@ -118,6 +119,7 @@ class Trainer:
         self.sampler.load_state_dict(state["sampler"])
         self.bad_steps, self.evals, self.step = state["bad_steps"], state.get("evals", {}), state["step"]
         set_rng_state(state["rng"])
+        self.algorithm.on_resume(self.policy, self.step)
         self.logger.truncate_after(self.step)
         self._sync_engine()
         if self.step >= self.cfg.steps:
@@ -167,55 +169,110 @@ class Trainer:
         return summary
 
     # ------------------------------------------------------------------------------------------------- step
-    def train_step(self) -> Dict[str, float]:
+    def _sample(self, items_idx, seed_draw: int):
+        """Generate this rank's share of the given global prompt indices and score it: (rollout, scored, seconds of
+        generation, seconds of scoring)."""
         cfg, a, g = self.cfg, self.cfg.algo, self.cfg.generation
-        t0 = time.perf_counter()
-        la = self.dist.local_algo(a)  # per-rank shapes; prompts_per_step / minibatch_size are global
-        lo, hi = self.dist.shard_range(a.prompts_per_step)
-        draw = self.sampler.epoch * len(self.train_items) + self.sampler.pos  # rollout seed input, advances on skips
-        items = [self.train_items[i] for i in self.sampler.next_indices(a.prompts_per_step)[lo:hi]]
+        lo, hi = self.dist.shard_range(len(items_idx))
+        items = [self.train_items[i] for i in items_idx[lo:hi]]
         prompts = [self.task.prompt_text(self.tokenizer, it) for it in items]
         sampling = SamplingParams(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p,
                                   top_k=g.top_k, n=a.samples_per_prompt, stop=list(g.stop))
+        t0 = time.perf_counter()
         with self.backend.generation():
             rollout = generate_rollout(self.rollout_engine, prompts, sampling, [it.meta for it in items],
-                                       seed=cfg.seed, step=draw, rank=self.dist.rank if self.dist.active else None,
+                                       seed=cfg.seed, step=seed_draw, rank=self.dist.rank if self.dist.active else None,
                                        first_index=lo,
                                        per_prompt=cfg.hardware.rollout_seed_per_prompt,
                                        pad_id=self.tokenizer.pad_token_id)
-        t_gen = time.perf_counter()
+        t1 = time.perf_counter()
         scored = self.reward.score(rollout)
-        t_rew = time.perf_counter()
         if not self.dist.all_true(torch.isfinite(scored.rewards).all()):
             raise NonFiniteError(f"reward: {int((~torch.isfinite(scored.rewards)).sum())} non-finite rewards")
+        return rollout, scored, t1 - t0, time.perf_counter() - t1
+
+    def _draw(self) -> int:
+        """The rollout seed input of the next prompts: advances with the sampler (also on skipped steps)."""
+        return self.sampler.epoch * len(self.train_items) + self.sampler.pos
+
+    def _refill_flat_groups(self, rollout, scores: torch.Tensor, max_rounds: int):
+        """Dynamic sampling (DAPO): groups whose scores are all equal are replaced by groups of newly drawn prompts, at
+        most max_rounds extra rounds; ranks take every round together. When the rounds run out, flat groups fill the
+        rest (their advantage is 0). Returns (rollout, scores, metrics, seconds generating, seconds scoring)."""
+        n, a = rollout.group_size, self.cfg.algo
+        want = scores.numel() // n
+
+        def live(sc: torch.Tensor) -> torch.Tensor:
+            grouped = sc.reshape(-1, n)
+            return grouped.amax(1) != grouped.amin(1)
+
+        parts = [(rollout, scores, live(scores))]
+        flat = self.dist.all_gather_cat((~parts[0][2]).float())
+        metrics = {"filtered_group_frac": float(flat.mean())}
+        t_gen = t_rew = 0.0
+        rounds = 0
+        while rounds < max_rounds and not self.dist.all_true(torch.tensor(sum(int(p[2].sum()) for p in parts) >= want)):
+            rounds += 1
+            draw = self._draw()
+            ro, scored, tg, tr = self._sample(self.sampler.next_indices(a.prompts_per_step), draw)
+            sc, _ = self.algorithm.shape_scores(scored.rewards.float(), ro, self.cfg.generation.max_new_tokens)
+            parts.append((ro, sc, live(sc)))
+            t_gen, t_rew = t_gen + tg, t_rew + tr
+        picked_live = [(i, gi) for i, (_, _, lv) in enumerate(parts) for gi in range(lv.numel()) if lv[gi]][:want]
+        picked_flat = [(i, gi) for i, (_, _, lv) in enumerate(parts) for gi in range(lv.numel()) if not lv[gi]]
+        picked = picked_live + picked_flat[: want - len(picked_live)]
+        ros = [select_groups(parts[i][0], [gi for j, gi in picked if j == i]) for i in range(len(parts))]
+        scs = [parts[i][1].reshape(-1, n)[[gi for j, gi in picked if j == i]].reshape(-1) for i in range(len(parts))]
+        keep = [k for k, r in enumerate(ros) if r.batch_size]
+        rollout = concat_rollouts([ros[k] for k in keep], self.tokenizer.pad_token_id)
+        metrics.update({"sampling_rounds": float(rounds),
+                        "flat_groups_kept": float(self.dist.all_gather_cat(
+                            torch.tensor([float(want - len(picked_live))])).sum())})
+        return rollout, torch.cat([scs[k] for k in keep]), metrics, t_gen, t_rew
+
+    def train_step(self) -> Dict[str, float]:
+        a, g = self.cfg.algo, self.cfg.generation
+        t0 = time.perf_counter()
+        draw = self._draw()
+        rollout, scored, t_gen, t_rew = self._sample(self.sampler.next_indices(a.prompts_per_step), draw)
+        first_rollout = rollout
+        scores, algo_metrics = self.algorithm.shape_scores(scored.rewards.float(), rollout, g.max_new_tokens)
+        max_rounds = self.algorithm.group_filter()
+        if max_rounds is not None:
+            rollout, scores, refill, tg, tr = self._refill_flat_groups(rollout, scores, max_rounds)
+            algo_metrics.update(refill)
+            t_gen, t_rew = t_gen + tg, t_rew + tr
+        t_scored = time.perf_counter()
         kl_coef = self.kl_ctl.value
-        exp, exp_metrics = make_experience(self.backend.model, rollout, scored.rewards, la, kl_coef, g.temperature or 1.0,
-                                           self.device, self.backend.all_sum)
+        exp, exp_metrics = self.algorithm.make_experience(self.backend.model, rollout, scores, kl_coef,
+                                                          g.temperature or 1.0, self.device, self.backend.all_sum)
         exp_metrics = self.dist.reduce_metrics(exp_metrics)  # the global KL, before the controller sees it
         t_exp = time.perf_counter()
-        upd = update(self.backend.model, exp, la, kl_coef, g.temperature or 1.0, self.backend)
+        upd = self.algorithm.update(self.backend.model, exp, kl_coef, g.temperature or 1.0, self.backend)
         t_upd = time.perf_counter()
-        if upd["optimizer_steps"] == 0:
+        if upd["optimizer_steps"] == 0 and upd["skipped_updates"] > 0:
             raise NonFiniteError(f"update: all {int(upd['skipped_updates'])} minibatches had a non-finite loss or "
                                  "gradient")
         if upd.get("skipped_updates"):
             log.warning("step %d: %d of %d minibatch updates skipped (non-finite loss or gradient)", self.step + 1,
                         int(upd["skipped_updates"]), int(upd["skipped_updates"] + upd["optimizer_steps"]))
-        self.kl_ctl.update(exp_metrics["kl"], a.prompts_per_step * a.samples_per_prompt)
+        self.kl_ctl.update(exp_metrics.get("kl", float("nan")), a.prompts_per_step * a.samples_per_prompt)
+        algo_metrics.update(self.algorithm.after_update(self.policy, self.step + 1))
         t_sync = self._sync_engine()
         gen_tokens = float(rollout.response_mask.sum())
         total = time.perf_counter() - t0
-        r = self.dist.all_gather_cat(scored.rewards)  # the global batch's rewards
+        r = self.dist.all_gather_cat(scored.rewards)  # the global batch's rewards (first sampling round)
         metrics = {
             "reward_mean": float(r.mean()), "reward_std": float(r.std()) if r.numel() > 1 else 0.0,
             **{f"reward/{k}": v for k, v in scored.metrics.items()},
-            **exp_metrics, **upd, "kl_coef": kl_coef,
-            "response_length": float(rollout.response_lengths.float().mean()),
-            "finished_frac": float(rollout.finished.float().mean()) if rollout.finished is not None else 1.0,
+            **exp_metrics, **upd, **{f"algo/{k}": v for k, v in algo_metrics.items()}, "kl_coef": kl_coef,
+            "response_length": float(first_rollout.response_lengths.float().mean()),
+            "finished_frac": (float(first_rollout.finished.float().mean()) if first_rollout.finished is not None
+                              else 1.0),
             "lr": self.backend.lr,
-            "tokens_per_s": gen_tokens / total, "gen_tokens_per_s": gen_tokens / max(t_gen - t0, 1e-9),
-            "step_seconds": total, "time/generate": t_gen - t0, "time/reward": t_rew - t_gen,
-            "time/experience": t_exp - t_rew, "time/update": t_upd - t_exp, "time/sync": t_sync,
+            "tokens_per_s": gen_tokens / total, "gen_tokens_per_s": gen_tokens / max(t_gen, 1e-9),
+            "step_seconds": total, "time/generate": t_gen, "time/reward": t_rew,
+            "time/experience": t_exp - t_scored, "time/update": t_upd - t_exp, "time/sync": t_sync,
         }
         for key in ("em_strict", "em_flexible"):
             if f"reward/{key}" in metrics:
@@ -254,7 +311,7 @@ class Trainer:
             self.step += 1
             self.logger.log(last, self.step)
             bar.update(1)
-            bar.set_postfix(reward=f"{last['reward_mean']:.3f}", kl=f"{last['kl']:.3f}",
+            bar.set_postfix(reward=f"{last['reward_mean']:.3f}", kl=f"{last.get('kl', float('nan')):.3f}",
                             em=f"{last.get('em_flexible', float('nan')):.2f}", s=f"{last['step_seconds']:.1f}")
             if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
                 self.evaluate(f"step_{self.step}")

@@ -135,9 +135,10 @@ def compose(overrides: List[str]):
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from rlhf.config import register_configs, to_config
+    from rlhf.algo.registry import register_training_configs
+    from rlhf.config import to_config
 
-    register_configs()
+    register_training_configs()
     GlobalHydra.instance().clear()
     keep = [o for o in overrides if not o.startswith(("hydra.", "run_dir="))]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):

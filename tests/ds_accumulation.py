@@ -24,6 +24,7 @@ sys.path[:0] = [str(TESTS), str(TESTS / "unit" / "algo")]
 import test_update as T  # noqa: E402
 
 from rlhf.algo import step as algo_step  # noqa: E402
+from rlhf.algo.registry import build_algorithm  # noqa: E402
 from rlhf.backend.distributed import init_distributed  # noqa: E402
 from rlhf.config import Config, HardwareConfig  # noqa: E402
 
@@ -50,7 +51,7 @@ def run(hw, dist, loss_agg: str, bad_row=None, **algo):
         return step()
 
     backend.step = recording_step
-    stats = algo_step.update(backend.model, exp, cfg, 0.1, 1.0, backend, generator=torch.Generator().manual_seed(SEED))
+    stats = algo_step.update(backend.model, exp, build_algorithm(cfg), 0.1, 1.0, backend, generator=torch.Generator().manual_seed(SEED))
     return grads, stats
 
 

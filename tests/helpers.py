@@ -116,3 +116,10 @@ def trapped_checkpoint(tmp_path: Path, trap: str) -> tuple[Path, Path]:
 def legacy_message(ckpt: Path) -> str:
     return (f"resume: {ckpt / 'trainer_state.pt'} is a pickle (written by an older version); pickles can run code, "
             "so it is not loaded. Start a fresh run or ")
+
+
+def algo_cfg(name: str, **kw):
+    """The registered schema of algorithm `name` (rlhf/algo/<name>.py) with the given keys."""
+    from rlhf.algo.registry import load_algorithms
+
+    return load_algorithms()[name].schema(name=name, **kw)

@@ -42,8 +42,11 @@ def clipped_policy_loss(
     is_weights: Optional[torch.Tensor] = None,
     dual_clip_c: float = 0.0,
     norm_tokens: float = 0.0,
+    clip_high: Optional[float] = None,
 ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
     """PPO surrogate: mean of max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps)).
+
+    clip_high (DAPO's clip-higher): the upper bound becomes 1 + clip_high while the lower stays 1 - clip_eps.
 
     dual_clip_c > 1 (dual-clip PPO): where A < 0 the per-token loss is additionally capped at -A * c, so a token whose
     ratio has run far above 1 cannot produce an unbounded loss. is_weights: optional per-token truncated importance
@@ -53,7 +56,8 @@ def clipped_policy_loss(
     log_ratio = (logp - old_logp).clamp(-20.0, 20.0)
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
-    clipped = -advantages * ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps)
+    upper = clip_eps if clip_high is None else clip_high
+    clipped = -advantages * ratio.clamp(1.0 - clip_eps, 1.0 + upper)
     per_token = torch.maximum(unclipped, clipped)
     stats: Dict[str, torch.Tensor] = {}
     if dual_clip_c > 0:

@@ -1,33 +1,22 @@
-"""One RL update shared by PPO and GRPO: make experience from a scored rollout, then clipped minibatch updates.
+"""The policy-gradient step every estimator + loss pair shares: experience from a scored rollout, then minibatch
+updates.
 
-The algorithms differ only in `compute_advantages` (GAE with a critic vs. group-relative without one) and in
-where the KL term goes (reward penalty vs. loss term) — both chosen by config, so the boundary stays honest.
-How the update is applied (optimizer, accumulation, clipping, ranks) is a training backend's (`UpdateHooks`).
+An algorithm (rlhf/algo/base.py `PolicyGradient`) supplies only `advantages(...)` and `policy_loss(...)` (and PPO its
+value loss through `extra_loss`); this module does the rest: old and reference log-probs, the KL, whitening, shuffled
+minibatches, micro-batch accumulation, the KL-in-loss and entropy terms, non-finite skipping. How the update is applied
+(optimizer, accumulation, clipping, ranks) is a training backend's (`UpdateHooks`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Protocol, Tuple
+from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple
 
 import torch
 
-from rlhf.algo.advantages import (
-    gae,
-    global_masked_mean,
-    group_advantages,
-    kl_shaped_scores,
-    masked_mean,
-    masked_whiten,
-    token_rewards,
-)
+from rlhf.algo.advantages import global_masked_mean, masked_mean, masked_whiten
 from rlhf.algo.kl import kl_estimate
-from rlhf.algo.losses import (
-    aggregate,
-    clipped_policy_loss,
-    clipped_value_loss,
-    truncated_is_weights,
-)
+from rlhf.algo.losses import aggregate, truncated_is_weights
 from rlhf.config import AlgoConfig
 from rlhf.model.policy import Policy
 from rlhf.rollout.base import Rollout
@@ -56,7 +45,7 @@ class Experience:
         )
 
 
-def _chunks(n: int, size: int) -> List[slice]:
+def chunk_slices(n: int, size: int) -> List[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 
@@ -66,6 +55,21 @@ def micro_size(cfg: AlgoConfig) -> int:
 
 
 SumFn = Callable[[torch.Tensor], torch.Tensor]  # sums a tensor over data-parallel ranks
+
+
+class Estimator(Protocol):
+    """What this module needs from an algorithm (rlhf.algo.base.PolicyGradient implements it)."""
+
+    cfg: Any  # its schema: a PolicyGradientConfig
+
+    def advantages(self, scores: torch.Tensor, mask: torch.Tensor, kl: torch.Tensor, values: Optional[torch.Tensor],
+                   group_size: int, kl_coef: float, all_sum: Optional[SumFn]
+                   ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]: ...
+
+    def policy_loss(self, logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+                    is_weights: Optional[torch.Tensor]) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]: ...
+
+    def extra_loss(self, out: Any, mb: "Experience") -> Tuple[Optional[torch.Tensor], Dict[str, torch.Tensor]]: ...
 
 # minibatch_loss stats that are token means whatever algo.loss_agg is (the rest follow loss_agg)
 TOKEN_MEAN_STATS = ("clip_frac", "approx_kl", "value_clip_frac", "dual_clip_frac")
@@ -98,37 +102,27 @@ def micro_weights(mask: torch.Tensor, chunks: List[slice], loss_agg: str, all_su
 
 
 @torch.no_grad()
-def compute_advantages(
-    cfg: AlgoConfig, scores: torch.Tensor, mask: torch.Tensor, old_logprobs: torch.Tensor,
-    ref_logprobs: torch.Tensor, values: Optional[torch.Tensor], group_size: int, kl_coef: float,
-    all_sum: Optional[SumFn] = None,
-):
-    """Returns (advantages (B,R), returns (B,R) or None, per-token kl (B,R))."""
+def compute_advantages(algo: Estimator, scores: torch.Tensor, mask: torch.Tensor, old_logprobs: torch.Tensor,
+                       ref_logprobs: torch.Tensor, values: Optional[torch.Tensor], group_size: int, kl_coef: float,
+                       all_sum: Optional[SumFn] = None):
+    """Returns (advantages (B,R), returns (B,R) or None, per-token kl (B,R)): the algorithm's estimator between the
+    shared steps (per-token KL before, optional advantage whitening over the global batch after)."""
+    cfg = algo.cfg
     kl = kl_estimate(old_logprobs, ref_logprobs, cfg.kl_estimator) * mask
-    if cfg.whiten_rewards:
-        scores = masked_whiten(scores, torch.ones_like(scores), shift_mean=False, all_sum=all_sum)
-    if cfg.name == "ppo":
-        assert values is not None, "ppo needs a value head"
-        penalty = kl_coef if cfg.kl_in == "reward" else 0.0
-        rewards = token_rewards(scores, kl, mask, penalty)
-        advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
-    else:
-        if cfg.kl_in == "reward" and kl_coef > 0:
-            scores = kl_shaped_scores(scores, kl, mask, kl_coef)
-        seq_adv = group_advantages(scores, group_size, scale_by_std=cfg.scale_by_std)
-        advantages, returns = seq_adv.unsqueeze(1) * mask, None
+    advantages, returns = algo.advantages(scores, mask, kl, values, group_size, kl_coef, all_sum)
     if cfg.whiten_advantages:
         advantages = masked_whiten(advantages, mask, all_sum=all_sum)
     return advantages, returns, kl
 
 
 @torch.no_grad()
-def make_experience(policy: Policy, rollout: Rollout, scores: torch.Tensor, cfg: AlgoConfig, kl_coef: float,
+def make_experience(policy: Policy, rollout: Rollout, scores: torch.Tensor, algo: Estimator, kl_coef: float,
                     temperature: float, device: torch.device,
                     all_sum: Optional[SumFn] = None) -> tuple[Experience, Dict[str, float]]:
     """Old log-probs (+ values, reference log-probs) and advantages for one scored rollout.
 
     all_sum (data parallel: sums over ranks) makes whitening use the global batch's statistics."""
+    cfg = algo.cfg
     ids = rollout.input_ids.to(device)
     att = rollout.attention_mask.to(device)
     mask = rollout.response_mask.to(device)
@@ -136,7 +130,7 @@ def make_experience(policy: Policy, rollout: Rollout, scores: torch.Tensor, cfg:
     # with no KL term anywhere the reference forward is skipped (a third of this phase); KL is then not measured
     need_ref = kl_coef > 0 or cfg.kl_controller == "adaptive"
     old_lp, ref_lp, vals = [], [], []
-    for s in _chunks(B, micro_size(cfg)):
+    for s in chunk_slices(B, micro_size(cfg)):
         out = policy(ids[s], att[s], P, temperature, want_entropy=False)
         old_lp.append(out.logprobs)
         if out.values is not None:
@@ -148,7 +142,7 @@ def make_experience(policy: Policy, rollout: Rollout, scores: torch.Tensor, cfg:
     values = torch.cat(vals) * mask if vals else None
     scores = scores.to(device).float()
     advantages, returns, kl = compute_advantages(
-        cfg, scores, mask, old_logprobs, ref_logprobs, values, rollout.group_size, kl_coef, all_sum
+        algo, scores, mask, old_logprobs, ref_logprobs, values, rollout.group_size, kl_coef, all_sum
     )
     engine_lp = rollout.engine_logprobs.to(device) if rollout.engine_logprobs is not None else None
 
@@ -171,13 +165,13 @@ def make_experience(policy: Policy, rollout: Rollout, scores: torch.Tensor, cfg:
     return exp, metrics
 
 
-def minibatch_loss(policy: Policy, mb: Experience, cfg: AlgoConfig, kl_coef: float, temperature: float):
+def minibatch_loss(policy: Policy, mb: Experience, algo: Estimator, kl_coef: float, temperature: float):
+    cfg = algo.cfg
     out = policy(mb.input_ids, mb.attention_mask, mb.prompt_len, temperature, want_entropy=True)
     is_w = None
     if cfg.tis_cap > 0 and mb.engine_logprobs is not None:
         is_w = truncated_is_weights(mb.old_logprobs, mb.engine_logprobs, cfg.tis_cap)
-    pg_loss, pg_stats = clipped_policy_loss(out.logprobs, mb.old_logprobs, mb.advantages, mb.mask, cfg.clip_eps,
-                                            cfg.loss_agg, is_w, cfg.dual_clip_c, cfg.loss_norm_tokens)
+    pg_loss, pg_stats = algo.policy_loss(out.logprobs, mb.old_logprobs, mb.advantages, mb.mask, is_w)
     loss = pg_loss
     stats = {"policy_loss": pg_loss.detach(), **pg_stats}
     if cfg.kl_in == "loss" and kl_coef > 0:
@@ -189,11 +183,10 @@ def minibatch_loss(policy: Policy, mb: Experience, cfg: AlgoConfig, kl_coef: flo
     stats["entropy"] = entropy.detach()
     if cfg.entropy_coef > 0:
         loss = loss - cfg.entropy_coef * entropy
-    if out.values is not None and mb.returns is not None:
-        v_loss, v_stats = clipped_value_loss(out.values, mb.old_values, mb.returns, mb.mask, cfg.value_clip_eps,
-                                             cfg.loss_agg, cfg.loss_norm_tokens)
-        loss = loss + cfg.vf_coef * v_loss
-        stats.update({"value_loss": v_loss.detach(), **v_stats})
+    extra, extra_stats = algo.extra_loss(out, mb)
+    if extra is not None:
+        loss = loss + extra
+        stats.update(extra_stats)
     stats["loss"] = loss.detach()
     return loss, stats
 
@@ -219,7 +212,7 @@ class UpdateHooks(Protocol):
         """Whether t is finite on every rank (the skip decision is taken together)."""
 
 
-def update(policy: Policy, exp: Experience, cfg: AlgoConfig, kl_coef: float, temperature: float,
+def update(policy: Policy, exp: Experience, algo: Estimator, kl_coef: float, temperature: float,
            hooks: UpdateHooks, generator: Optional[torch.Generator] = None) -> Dict[str, float]:
     """`epochs` passes of shuffled minibatches, one optimizer step each; a minibatch whose loss or gradient is not
     finite is skipped.
@@ -229,20 +222,21 @@ def update(policy: Policy, exp: Experience, cfg: AlgoConfig, kl_coef: float, tem
     under data parallelism), so the accumulated gradient, and every returned stat, is the whole minibatch's.
     Returns mean stats plus `skipped_updates`, `optimizer_steps` and `grad_norm`.
     """
+    cfg = algo.cfg
     B = exp.input_ids.shape[0]
     sums: Dict[str, float] = {}
     count, skipped = 0, 0
     for _ in range(cfg.epochs):
         perm = torch.randperm(B, generator=generator)
-        for s in _chunks(B, cfg.minibatch_size):
+        for s in chunk_slices(B, cfg.minibatch_size):
             mb = exp.select(perm[s].to(exp.input_ids.device))
-            chunks = _chunks(mb.input_ids.shape[0], micro_size(cfg))
+            chunks = chunk_slices(mb.input_ids.shape[0], micro_size(cfg))
             weights, token_weights = micro_weights(mb.mask, chunks, cfg.loss_agg, hooks.all_sum, hooks.world_size)
             weighted = len(chunks) > 1 or hooks.all_sum is not None
             stats: Dict[str, torch.Tensor] = {}
             ok = True
             for i, (c, w, tw) in enumerate(zip(chunks, weights, token_weights)):
-                mloss, mstats = minibatch_loss(policy, mb.select(c) if len(chunks) > 1 else mb, cfg, kl_coef,
+                mloss, mstats = minibatch_loss(policy, mb.select(c) if len(chunks) > 1 else mb, algo, kl_coef,
                                                temperature)
                 if not hooks.all_finite(mloss):
                     if i > 0:

@@ -88,6 +88,9 @@ def world_config_errors(cfg: Config, world_size: Optional[int] = None) -> List[s
     if world > 1 and hw.deepspeed_stage == 0:
         errors.append(f"hardware.deepspeed_stage: {world} processes were launched (WORLD_SIZE={world}) but the "
                       "plain torch path is single-process; use hardware=zero2, zero3 or zero3_offload")
+    if hw.deepspeed_stage == 3 and getattr(a, "ref_refresh_steps", 0):
+        errors.append("algo.ref_refresh_steps: ZeRO-3 partitions the reference copy, which cannot then be refreshed; "
+                      "use hardware.deepspeed_stage 0 or 2")
     if a.prompts_per_step % world:
         errors.append(f"algo.prompts_per_step: {a.prompts_per_step} (global) must be divisible by the world size {world}")
     if a.minibatch_size % world:

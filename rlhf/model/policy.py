@@ -99,6 +99,14 @@ class Policy(nn.Module):
     def generation_model(self) -> nn.Module:
         return self.model
 
+    @torch.no_grad()
+    def refresh_reference(self) -> None:
+        """The reference becomes the current policy (iterative DPO). Only a full fine-tune has a reference copy; a LoRA
+        policy's reference is its base with the adapter off (refused at start-up)."""
+        if self.ref_model is None:
+            raise ValueError("algo.ref_refresh_steps: a LoRA policy has no reference copy to refresh")
+        self.ref_model.load_state_dict(self.model.state_dict())
+
 
 def build_policy(model: nn.Module, cfg: ModelConfig, value_head: bool) -> Policy:
     """Wraps the loaded causal LM: LoRA via peft (reference = adapter disabled) or full fine-tune (+ frozen copy)."""

@@ -46,6 +46,20 @@ def concat_rollouts(parts: List[Rollout], pad_id: int) -> Rollout:
     )
 
 
+def select_groups(rollout: Rollout, groups: List[int]) -> Rollout:
+    """The rollout restricted to the given prompt groups (rows g * n .. g * n + n - 1 of each), in that order."""
+    n = rollout.group_size
+    rows = torch.tensor([g * n + j for g in groups for j in range(n)], dtype=torch.long)
+    pick = lambda t: None if t is None else t[rows]  # noqa: E731
+    return Rollout(
+        input_ids=rollout.input_ids[rows], attention_mask=rollout.attention_mask[rows],
+        response_mask=rollout.response_mask[rows], prompt_len=rollout.prompt_len,
+        prompts=[rollout.prompts[g] for g in groups], responses=[rollout.responses[int(r)] for r in rows],
+        group_size=n, engine_logprobs=pick(rollout.engine_logprobs),
+        meta=[rollout.meta[g] for g in groups] if rollout.meta else [], finished=pick(rollout.finished),
+    )
+
+
 def generate_rollout(engine, prompts: List[str], sampling: SamplingParams, meta: List[Dict[str, Any]], *, seed: int,
                      step: int, rank: Optional[int], first_index: int, per_prompt: bool, pad_id: int) -> Rollout:
     """The trainer's rollout call.

@@ -196,9 +196,10 @@ def test_peer_failure_ends_the_other_rank_quickly(tmp_path, sig):
 def _cfg(*overrides: str):
     from hydra import compose, initialize_config_dir
 
-    from rlhf.config import register_configs, to_config
+    from rlhf.algo.registry import register_training_configs
+    from rlhf.config import to_config
 
-    register_configs()
+    register_training_configs()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
         return to_config(compose(config_name="config", overrides=list(overrides)))
 

@@ -174,10 +174,11 @@ def test_repeated_non_finite_rewards_stop_after_a_checkpoint(tmp_path):
 def in_process_trainer(tmp_path, *overrides: str):
     from hydra import compose, initialize_config_dir
 
-    from rlhf.config import register_configs, to_config
+    from rlhf.algo.registry import register_training_configs
+    from rlhf.config import to_config
     from rlhf.trainer import Trainer
 
-    register_configs()
+    register_training_configs()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
         dcfg = compose(config_name="config", overrides=[
             "model=tiny_random", "logging.wandb=disabled", "logging.progress=false", "logging.plots=false",

@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 from launch import PY, ROOT, TINY, child_env
 from omegaconf import OmegaConf
 
-from rlhf.config import register_configs
+from rlhf.algo.registry import register_training_configs
 from rlhf.report.sweep import write_summary
 
 ONE_STEP = ["algo=grpo", "steps=1", "algo.prompts_per_step=2", "algo.samples_per_prompt=2", "algo.minibatch_size=4",
@@ -99,7 +99,7 @@ def test_summary_marks_failed_jobs_and_rebuilds_from_the_dirs(tmp_path):
     ("slurm", "SlurmLauncher"), ("submitit_local_cpu", "LocalLauncher"),
 ])
 def test_launcher_presets_compose(launcher, target):
-    register_configs()
+    register_training_configs()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
         cfg = compose(config_name="config", overrides=[f"hydra/launcher={launcher}", "hydra.launcher.nodes=2"],
                       return_hydra_config=True)

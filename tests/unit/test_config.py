@@ -5,11 +5,12 @@ import pytest
 from helpers import ROOT
 from hydra import compose, initialize_config_dir
 
-from rlhf.config import ConfigError, register_configs, to_config
+from rlhf.algo.registry import register_training_configs
+from rlhf.config import ConfigError, to_config
 
 
 def compose_cfg(*overrides: str):
-    register_configs()
+    register_training_configs()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
         return compose(config_name="config", overrides=list(overrides))
 

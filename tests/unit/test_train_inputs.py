@@ -17,9 +17,9 @@ def compose(*overrides: str):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from rlhf.config import register_configs
+    from rlhf.algo.registry import register_training_configs
 
-    register_configs()
+    register_training_configs()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
         return hydra_compose(config_name="config", overrides=["model=tiny_random", *overrides])
 

@@ -192,17 +192,17 @@ def test_global_whitening_equals_whitening_the_concatenated_batch():
 
 
 def test_micro_weights_global_token_share():
-    from rlhf.algo.step import _chunks, micro_weights
+    from rlhf.algo.step import chunk_slices, micro_weights
 
     mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])  # this rank: 3 + 1 tokens; the other rank has 4 + 0
     other = torch.tensor([4.0, 1.0])  # (tokens, non-empty sequences) of the other rank
     all_sum = lambda t: t + other  # noqa: E731
-    w, tw = micro_weights(mask, _chunks(2, 1), "token_mean", all_sum, world_size=2)
+    w, tw = micro_weights(mask, chunk_slices(2, 1), "token_mean", all_sum, world_size=2)
     # global 8 tokens over 2 ranks -> 4 per rank: chunks weigh 3/4 and 1/4 (then the engine averages the 2 ranks)
     assert w == pytest.approx([0.75, 0.25]) and tw == pytest.approx([0.75, 0.25])
-    w, _ = micro_weights(mask, _chunks(2, 2), "token_mean", all_sum, world_size=2)
+    w, _ = micro_weights(mask, chunk_slices(2, 2), "token_mean", all_sum, world_size=2)
     assert w == pytest.approx([1.0])
-    w, _ = micro_weights(mask, _chunks(2, 1), "seq_mean", all_sum, world_size=2)
+    w, _ = micro_weights(mask, chunk_slices(2, 1), "seq_mean", all_sum, world_size=2)
     # 3 non-empty sequences over 2 ranks -> 1.5 per rank: each of this rank's two weighs 1/1.5
     assert w == pytest.approx([2 / 3, 2 / 3])
 
@@ -226,9 +226,12 @@ def test_equal_rewards_give_exactly_zero_advantage():
 
 def test_grpo_kl_in_reward_shapes_scores_before_group_normalisation():
     from rlhf.algo.step import compute_advantages
-    from rlhf.config import AlgoConfig
+    from helpers import algo_cfg
 
-    cfg = AlgoConfig(name="grpo", kl_in="reward", kl_estimator="k1", scale_by_std=False, whiten_advantages=False)
+    from rlhf.algo.registry import build_algorithm
+
+    cfg = build_algorithm(algo_cfg("grpo", kl_in="reward", kl_estimator="k1", scale_by_std=False,
+                                   whiten_advantages=False))
     scores = t([1.0, 0.0])
     mask = t([[1.0, 1.0], [1.0, 1.0]])
     ref = torch.zeros(2, 2)
@@ -239,7 +242,8 @@ def test_grpo_kl_in_reward_shapes_scores_before_group_normalisation():
     adv0, _, _ = compute_advantages(cfg, scores, mask, old, ref, None, 2, kl_coef=0.0)
     assert torch.allclose(adv0, t([[0.5, 0.5], [-0.5, -0.5]]))
     # kl_in=loss leaves the advantages alone (the loss carries the KL)
-    loss_cfg = AlgoConfig(name="grpo", kl_in="loss", kl_estimator="k1", scale_by_std=False, whiten_advantages=False)
+    loss_cfg = build_algorithm(algo_cfg("grpo", kl_in="loss", kl_estimator="k1", scale_by_std=False,
+                                        whiten_advantages=False))
     assert torch.equal(compute_advantages(loss_cfg, scores, mask, old, ref, None, 2, kl_coef=0.5)[0], adv0)
 
 

@@ -4,11 +4,12 @@ import dataclasses
 
 import pytest
 import torch
+from helpers import algo_cfg
 from helpers import tiny_policy as build_tiny_policy
 
 from rlhf.algo.step import make_experience, update
 from rlhf.backend.base import TorchBackend, trainable_params
-from rlhf.config import AlgoConfig
+from rlhf.algo.registry import build_algorithm
 from rlhf.rollout.base import SamplingParams
 from rlhf.rollout.hf_engine import HFEngine
 
@@ -31,13 +32,14 @@ def seq_logprob(policy, exp, rows):
 def test_update_raises_logprob_of_rewarded_samples(tiny_policy, algo):
     policy, tok = tiny_policy(value_head=algo == "ppo")
     rollout = rollout_for(policy, tok)
-    cfg = AlgoConfig(name=algo, lr=3e-3, critic_lr=1e-3, prompts_per_step=2, samples_per_prompt=2, minibatch_size=4,
-                     epochs=4, kl_coef=0.0, whiten_advantages=algo == "ppo")
+    critic = {"critic_lr": 1e-3} if algo == "ppo" else {}
+    cfg = algo_cfg(algo, lr=3e-3, prompts_per_step=2, samples_per_prompt=2, minibatch_size=4,
+                   epochs=4, kl_coef=0.0, whiten_advantages=algo == "ppo", **critic)
     scores = torch.tensor([1.0, 0.0, 0.0, 1.0])  # per group: one good, one bad sample
-    exp, metrics = make_experience(policy, rollout, scores, cfg, 0.0, 1.0, torch.device("cpu"))
+    exp, metrics = make_experience(policy, rollout, scores, build_algorithm(cfg), 0.0, 1.0, torch.device("cpu"))
     good, bad = torch.tensor([0, 3]), torch.tensor([1, 2])
     before_good, before_bad = seq_logprob(policy, exp, good), seq_logprob(policy, exp, bad)
-    stats = update(policy, exp, cfg, 0.0, 1.0, TorchBackend(policy, cfg))
+    stats = update(policy, exp, build_algorithm(cfg), 0.0, 1.0, TorchBackend(policy, cfg))
     assert stats["optimizer_steps"] == 4 and stats["skipped_updates"] == 0
     assert (seq_logprob(policy, exp, good) > before_good).all()
     assert (seq_logprob(policy, exp, bad) < before_bad).all()
@@ -49,15 +51,15 @@ def test_update_raises_logprob_of_rewarded_samples(tiny_policy, algo):
 def test_lora_reference_is_base_with_adapter_disabled(tiny_policy):
     policy, tok = tiny_policy(lora=True)
     rollout = rollout_for(policy, tok)
-    cfg = AlgoConfig(name="grpo", lr=1e-2, prompts_per_step=2, samples_per_prompt=2, minibatch_size=4, epochs=2,
+    cfg = algo_cfg("grpo", lr=1e-2, prompts_per_step=2, samples_per_prompt=2, minibatch_size=4, epochs=2,
                      kl_coef=0.1, kl_in="loss", kl_estimator="k3", whiten_advantages=False)
     scores = torch.tensor([1.0, 0.0, 0.0, 1.0])
-    exp, m = make_experience(policy, rollout, scores, cfg, cfg.kl_coef, 1.0, torch.device("cpu"))
+    exp, m = make_experience(policy, rollout, scores, build_algorithm(cfg), cfg.kl_coef, 1.0, torch.device("cpu"))
     # LoRA B starts at zero: policy == reference, so the KL is exactly zero before training
     assert torch.allclose(exp.old_logprobs, exp.ref_logprobs, atol=1e-6) and m["kl"] == pytest.approx(0.0, abs=1e-6)
     n_params = sum(p.numel() for p in policy.parameters())
-    update(policy, exp, cfg, cfg.kl_coef, 1.0, TorchBackend(policy, cfg))
-    after = make_experience(policy, rollout, scores, cfg, cfg.kl_coef, 1.0, torch.device("cpu"))[0]
+    update(policy, exp, build_algorithm(cfg), cfg.kl_coef, 1.0, TorchBackend(policy, cfg))
+    after = make_experience(policy, rollout, scores, build_algorithm(cfg), cfg.kl_coef, 1.0, torch.device("cpu"))[0]
     assert torch.allclose(after.ref_logprobs, exp.ref_logprobs, atol=1e-6)  # reference did not move
     assert not torch.allclose(after.old_logprobs, exp.old_logprobs, atol=1e-4)  # the policy did
     assert sum(p.numel() for p in policy.parameters()) == n_params  # no second copy of the model
@@ -66,12 +68,12 @@ def test_lora_reference_is_base_with_adapter_disabled(tiny_policy):
 def test_non_finite_loss_is_skipped_not_applied(tiny_policy):
     policy, tok = tiny_policy()
     rollout = rollout_for(policy, tok)
-    cfg = AlgoConfig(name="grpo", lr=1e-2, prompts_per_step=2, samples_per_prompt=2, minibatch_size=2, epochs=1,
+    cfg = algo_cfg("grpo", lr=1e-2, prompts_per_step=2, samples_per_prompt=2, minibatch_size=2, epochs=1,
                      kl_coef=0.0, whiten_advantages=False)
-    exp, _ = make_experience(policy, rollout, torch.tensor([1.0, 0.0, 0.0, 1.0]), cfg, 0.0, 1.0, torch.device("cpu"))
+    exp, _ = make_experience(policy, rollout, torch.tensor([1.0, 0.0, 0.0, 1.0]), build_algorithm(cfg), 0.0, 1.0, torch.device("cpu"))
     exp = dataclasses.replace(exp, advantages=torch.full_like(exp.advantages, float("nan")))
     before = {k: v.clone() for k, v in policy.model.state_dict().items()}
-    stats = update(policy, exp, cfg, 0.0, 1.0, TorchBackend(policy, cfg))
+    stats = update(policy, exp, build_algorithm(cfg), 0.0, 1.0, TorchBackend(policy, cfg))
     assert stats["skipped_updates"] == 2 and stats["optimizer_steps"] == 0
     assert all(torch.equal(v, policy.model.state_dict()[k]) for k, v in before.items())
 
@@ -104,11 +106,12 @@ def accumulation_setup(algo: str, loss_agg: str):
     leaves out), every loss term switched on. Also used by tests/ds_accumulation.py, outside pytest: no fixtures."""
     policy, tok = build_tiny_policy(value_head=algo == "ppo")
     rollout = rollout_for(policy, tok, n=4)
-    cfg = AlgoConfig(name=algo, lr=1e-3, critic_lr=1e-3, prompts_per_step=2, samples_per_prompt=4, minibatch_size=8,
-                     epochs=1, kl_coef=0.1, kl_in="loss", kl_estimator="k3", entropy_coef=0.05, vf_coef=0.5,
-                     max_grad_norm=0.0, whiten_advantages=algo == "ppo", loss_agg=loss_agg)
-    exp, _ = make_experience(policy, rollout, torch.tensor([1.0, 0.0, 0.5, 0.2, 0.0, 1.0, 0.3, 0.9]), cfg, 0.1, 1.0,
-                             torch.device("cpu"))
+    critic = {"critic_lr": 1e-3, "vf_coef": 0.5} if algo == "ppo" else {}
+    cfg = algo_cfg(algo, lr=1e-3, prompts_per_step=2, samples_per_prompt=4, minibatch_size=8,
+                   epochs=1, kl_coef=0.1, kl_in="loss", kl_estimator="k3", entropy_coef=0.05,
+                   max_grad_norm=0.0, whiten_advantages=algo == "ppo", loss_agg=loss_agg, **critic)
+    exp, _ = make_experience(policy, rollout, torch.tensor([1.0, 0.0, 0.5, 0.2, 0.0, 1.0, 0.3, 0.9]),
+                             build_algorithm(cfg), 0.1, 1.0, torch.device("cpu"))
     R = exp.mask.shape[1]
     lengths = torch.tensor([1, 8, 3, 0, 2, 7, 4, 6]).clamp(max=R)
     cut = (torch.arange(R)[None, :] < lengths[:, None]).float()
@@ -132,7 +135,7 @@ class RecordingBackend(TorchBackend):
 
 def grads_per_step(policy, exp, cfg, kl_coef=0.1):
     backend = RecordingBackend(policy, cfg)
-    stats = update(policy, exp, cfg, kl_coef, 1.0, backend, generator=torch.Generator().manual_seed(7))
+    stats = update(policy, exp, build_algorithm(cfg), kl_coef, 1.0, backend, generator=torch.Generator().manual_seed(7))
     return backend.seen, stats
 
 
@@ -181,7 +184,7 @@ def test_non_finite_micro_batch_skips_its_whole_minibatch():
     before = {k: v.clone() for k, v in policy.model.state_dict().items()}
     exp_all_bad = dataclasses.replace(exp, advantages=adv)
     all_bad_cfg = dataclasses.replace(cfg, minibatch_size=8, micro_batch_size=2)
-    stats = update(policy, exp_all_bad, all_bad_cfg, 0.1, 1.0, TorchBackend(policy, all_bad_cfg),
+    stats = update(policy, exp_all_bad, build_algorithm(all_bad_cfg), 0.1, 1.0, TorchBackend(policy, all_bad_cfg),
                    generator=torch.Generator().manual_seed(7))
     assert stats["skipped_updates"] == 1 and stats["optimizer_steps"] == 0
     assert all(torch.equal(v, policy.model.state_dict()[k]) for k, v in before.items())
@@ -191,9 +194,9 @@ def test_non_finite_micro_batch_skips_its_whole_minibatch():
 def test_experience_forwards_in_micro_batches(tiny_policy, monkeypatch):
     policy, tok = tiny_policy(value_head=True)
     rollout = rollout_for(policy, tok, n=4)
-    cfg = AlgoConfig(name="ppo", prompts_per_step=2, samples_per_prompt=4, minibatch_size=8, kl_coef=0.1)
+    cfg = algo_cfg("ppo", prompts_per_step=2, samples_per_prompt=4, minibatch_size=8, kl_coef=0.1)
     scores = torch.tensor([1.0, 0.0, 0.5, 0.2, 0.0, 1.0, 0.3, 0.9])
-    ref, _ = make_experience(policy, rollout, scores, cfg, 0.1, 1.0, torch.device("cpu"))
+    ref, _ = make_experience(policy, rollout, scores, build_algorithm(cfg), 0.1, 1.0, torch.device("cpu"))
     sizes, forward = [], policy.forward
 
     def spy(ids, *args, **kwargs):
@@ -201,7 +204,7 @@ def test_experience_forwards_in_micro_batches(tiny_policy, monkeypatch):
         return forward(ids, *args, **kwargs)
 
     monkeypatch.setattr(policy, "forward", spy)
-    got, _ = make_experience(policy, rollout, scores, dataclasses.replace(cfg, micro_batch_size=2), 0.1, 1.0,
+    got, _ = make_experience(policy, rollout, scores, build_algorithm(dataclasses.replace(cfg, micro_batch_size=2)), 0.1, 1.0,
                              torch.device("cpu"))
     assert sizes == [2, 2, 2, 2]
     for name in ("old_logprobs", "ref_logprobs", "old_values", "advantages", "returns"):
