@@ -22,6 +22,7 @@ import datetime
 import logging
 import os
 import socket
+import sys
 from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -230,7 +231,12 @@ class DistContext:
         """Orderly end of a successful run (after the last collective)."""
         if self.active and torch.distributed.is_initialized():
             torch.distributed.barrier()
-            torch.distributed.destroy_process_group()
+            ds_comm = sys.modules.get("deepspeed.comm")  # loaded only if this run used DeepSpeed
+            if ds_comm is not None and ds_comm.is_initialized():
+                # through DeepSpeed, so that its cached groups (world clone, data parallel) are dropped with the group
+                ds_comm.destroy_process_group()
+            else:
+                torch.distributed.destroy_process_group()
             self.backend = None
 
 
