@@ -257,6 +257,9 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     seed: int = 0
     steps: int = 10
+    # wall-clock budget of the training loop in seconds (0: none): stop after the step that reaches it, even before
+    # `steps` (equal-time comparisons of algorithms); a resumed run's budget counts from the resume
+    max_train_seconds: float = 0.0
     eval_every: int = 0  # 0: evaluate only before and after training
     eval_before: bool = True
     eval_after: bool = True
@@ -301,7 +304,7 @@ POSITIVE = [
 ]
 NON_NEGATIVE = [
     "model.lora.dropout", "judge.num_demos", "judge.margin", "judge.lora_layers", "judge.heldout_pairs",
-    "generation.temperature", "generation.top_k", "eval_every", "save_every", "num_eval",
+    "generation.temperature", "generation.top_k", "max_train_seconds", "eval_every", "save_every", "num_eval",
     "hardware.num_threads", "reward.format_bonus", "seed", "dataset.seed", "judge.demo_seed",
 ]
 UNIT_INTERVAL = ["generation.top_p", "hardware.vllm_gpu_memory_utilization"]

@@ -317,8 +317,12 @@ class Trainer:
                 self.evaluate(f"step_{self.step}")
             if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.steps:
                 self.save()
+            if cfg.max_train_seconds and self.step < cfg.steps and self._budget_spent(t0):
+                log.info("time budget: %.0f s of training reached after step %d of %d", cfg.max_train_seconds,
+                         self.step, cfg.steps)
+                break
         bar.close()
-        self.phases[f"training ({cfg.steps} steps)"] = time.perf_counter() - t0
+        self.phases[f"training ({self.step} steps)"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         if cfg.eval_after and "after" not in self.evals:
             self.evaluate("after")
@@ -336,6 +340,10 @@ class Trainer:
             atomic_write_json(self.run_dir / "summary.json", summary)
             self._write_summary_md(ckpt)
         return summary
+
+    def _budget_spent(self, t0: float) -> bool:
+        """Whether max_train_seconds is spent; rank 0's clock decides for every rank (they must stop together)."""
+        return bool(self.dist.broadcast_object(time.perf_counter() - t0 >= self.cfg.max_train_seconds))
 
     def _write_summary_md(self, ckpt: Path) -> None:
         """summary.md in the run dir, and the same tables on the terminal."""
