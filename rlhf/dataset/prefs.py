@@ -1,10 +1,11 @@
 """Preference pairs: ``load_pref_split(cfg, split)`` -> datasets.Dataset(prompt, chosen, rejected, subset[, rationale]).
 
 Sources (``dataset.name``):
-  synthetic_prefs  embedded, built offline from generated arithmetic word problems: a correct worked solution versus
-                   an arithmetic slip, a wrong operation, an evasive refusal, a padded verbose wrong answer, a reply
-                   in the wrong format and a correct solution of a different problem. Subsets map onto RewardBench
-                   sections (rlhf/eval/rewardbench.py SYNTHETIC_SECTIONS). Seeded; train/test problems disjoint.
+  synthetic_prefs  embedded, built offline from synthetic_math word problems (one step by default): a correct worked
+                   solution versus an arithmetic slip, a wrong operation, an evasive refusal, a padded verbose wrong
+                   answer, a reply in the wrong format and a correct solution of a different problem. Subsets map onto
+                   RewardBench sections (rlhf/eval/rewardbench.py SYNTHETIC_SECTIONS). Seeded; train and test never
+                   share a calculation.
   synthetic_chat   embedded everyday assistant requests: a concrete reference reply versus a refusal, an off-topic,
                    curt or dismissive reply, or an answer about another topic (rlhf/dataset/synthetic_chat.py).
   hh_rlhf          Anthropic/hh-rlhf: chosen/rejected are full "\\n\\nHuman: ...\\n\\nAssistant: ..." transcripts; the
@@ -20,28 +21,25 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any
 
 import datasets
 
 from rlhf.config import DatasetConfig
 from rlhf.dataset.math_data import judge_prompt
 from rlhf.dataset.synthetic_chat import synthetic_chat_rows
+from rlhf.dataset.synthetic_math import SPLITS, SYMBOL, draw_problems, worked_solution
 from rlhf.report.io import read_jsonl
 
 PREF_DATASETS = ("synthetic_prefs", "synthetic_chat", "hh_rlhf", "rewardbench", "hh_rationales")
 ASSISTANT_MARK = "\n\nAssistant:"
 HUMAN_MARK = "\n\nHuman:"
 
-TEST_POOL = 1000
 SYNTH_SUBSETS = ("synth-slip", "synth-wrong-op", "synth-refusal", "synth-verbose", "synth-format", "synth-offtopic")
 
-_NAMES = ["Ava", "Ben", "Chloe", "Dev", "Elena", "Farid", "Grace", "Hugo", "Iris", "Jonas", "Kira", "Liam", "Maya",
-          "Noah", "Olga", "Pablo", "Quinn", "Rosa", "Sami", "Tara"]
-_ITEMS = ["apples", "marbles", "stickers", "pencils", "cookies", "books", "coins", "shells", "cards", "stamps",
-          "beads", "tickets"]
 _REFUSALS = [
     "I'm sorry, but I can't help with that request.",
     "I would rather not solve homework problems. Please ask your teacher for help.",
@@ -56,48 +54,29 @@ _PADDING = [
     "Arithmetic is the foundation of mathematics, and being careful with it pays off in the long run.",
     "I hope this detailed and comprehensive explanation is helpful to you and makes everything clear!",
 ]
+# the operations a wrong-operation reply tries instead of the right one, in order
+_WRONG_OPS = {"add": ("sub", "mul"), "sub": ("add", "mul"), "mul": ("add", "sub"), "div": ("mul", "sub")}
+_AHEAD = 8  # problems drawn beyond the rows, to answer off-topic with
 
 
 # -------------------------------------------------------------------------------------------- synthetic word problems
-def make_problem(rng: random.Random, lo: int = 2, hi: int = 50) -> Dict[str, Any]:
-    """One single-operation word problem: question, op, a, b, result, GSM8K-style answer and a worked solution."""
-    name, other = rng.sample(_NAMES, 2)
-    item = rng.choice(_ITEMS)
-    op = rng.choice(["add", "sub", "mul"])
-    if op == "add":
-        a, b = rng.randint(lo, hi), rng.randint(lo, hi)
-        q = f"{name} has {a} {item}. {other} gives {name} {b} more {item}. How many {item} does {name} have now?"
-        lead = f"{name} starts with {a} {item} and gets {b} more, so"
-        step, res = f"{a} + {b}", a + b
-    elif op == "sub":
-        a = rng.randint(lo + 1, hi)
-        b = rng.randint(lo, a - 1) if a - 1 >= lo else lo
-        a = max(a, b + 1)
-        q = f"{name} had {a} {item} and gave {b} of them to {other}. How many {item} does {name} have left?"
-        lead = f"{name} starts with {a} {item} and gives away {b}, so"
-        step, res = f"{a} - {b}", a - b
-    else:
-        a, b = rng.randint(2, 12), rng.randint(lo, hi)
-        q = f"{name} buys {a} bags of {item}. Each bag holds {b} {item}. How many {item} does {name} buy in total?"
-        lead = f"{name} buys {a} bags with {b} {item} in each, so"
-        step, res = f"{a} * {b}", a * b
-    return {
-        "question": q, "op": op, "a": a, "b": b, "result": res, "lead": lead,
-        "answer": f"{step} = <<{step.replace(' ', '')}={res}>>{res}\n#### {res}",
-        "solution": f"{lead} {step} = {res}.\n#### {res}",
-    }
+# The problems are synthetic_math's (rlhf/dataset/synthetic_math.py, drawn from their own "synthetic_prefs" stream under
+# dataset.operations / min_steps..max_steps / min_number..max_number); a pair's chosen reply is the problem's plain
+# worked solution, and the wrong replies are told in the same words.
+def _last_step(p: dict[str, Any]) -> tuple[str, int, int, int]:
+    """(op, a, b, result) of the problem's last step."""
+    _, op, a, b, r = p["steps"][-1]
+    return op, a, b, r
 
 
-def _wrong_op_result(p: Dict[str, Any]) -> int:
-    a, b, res = p["a"], p["b"], p["result"]
-    for cand in {"add": (a - b, a * b), "sub": (a + b, a * b), "mul": (a + b, a * max(b - 1, 1))}[p["op"]]:
+def _wrong_op_result(p: dict[str, Any]) -> tuple[str, int]:
+    """(operation, result) of the last step done with another operation; (same op, result + 1) if none fits."""
+    op, a, b, res = _last_step(p)
+    for wop in _WRONG_OPS[op]:
+        cand = {"add": a + b, "sub": a - b, "mul": a * b, "div": a // b if b and a % b == 0 else -1}[wop]
         if cand != res and cand >= 0:
-            return cand
-    return res + 1
-
-
-_SYMBOL = {"add": "+", "sub": "-", "mul": "*"}
-_WRONG_SYMBOL = {"add": "-", "sub": "+", "mul": "+"}
+            return wop, cand
+    return op, res + 1
 
 
 def _slip(rng: random.Random, res: int) -> int:
@@ -108,17 +87,17 @@ def _slip(rng: random.Random, res: int) -> int:
     return res + 1
 
 
-def make_pair(rng: random.Random, p: Dict[str, Any], subset: str, other: Dict[str, Any]) -> Tuple[str, str]:
-    """(chosen, rejected) for one problem and subset; ``other`` is a different problem (for synth-offtopic)."""
-    a, b, res, sym, lead = p["a"], p["b"], p["result"], _SYMBOL[p["op"]], p["lead"]
+def make_pair(rng: random.Random, p: dict[str, Any], subset: str, other: dict[str, Any]) -> tuple[str, str]:
+    """(chosen, rejected) for one problem (synthetic_math.draw_problem's dict) and subset; ``other`` is a different
+    problem (for synth-offtopic). chosen is the plain worked solution, ending in ``#### <result>``."""
+    op, a, b, res = _last_step(p)
+    sym = SYMBOL[op]
     chosen = p["solution"]
     if subset == "synth-slip":
-        wrong = _slip(rng, res)
-        rejected = f"{lead} {a} {sym} {b} = {wrong}.\n#### {wrong}"
+        rejected = worked_solution(p, annotate=False, last_result=_slip(rng, res))
     elif subset == "synth-wrong-op":
-        wrong = _wrong_op_result(p)
-        wsym = _WRONG_SYMBOL[p["op"]] if wrong in (a + b, a - b) else sym
-        rejected = f"{lead} {a} {wsym} {b} = {wrong}.\n#### {wrong}"
+        wop, wrong = _wrong_op_result(p)
+        rejected = worked_solution(p, annotate=False, last_op=wop, last_result=wrong)
     elif subset == "synth-refusal":
         rejected = rng.choice(_REFUSALS)
     elif subset == "synth-verbose":
@@ -127,7 +106,8 @@ def make_pair(rng: random.Random, p: Dict[str, Any], subset: str, other: Dict[st
         rejected = (f"{pad[0]} {pad[1]} The question says: {p['question']} {pad[2]} "
                     f"So we compute {a} {sym} {b}, which gives {wrong}. {_PADDING[-1]}\n#### {wrong}")
     elif subset == "synth-format":
-        rejected = rng.choice([f"{lead} {a} {sym} {b} = {res}. The answer is {res}.", f"The answer is {res}",
+        worked = " ".join(chosen.split("\n")[:-1])  # the solution without its "#### N" line
+        rejected = rng.choice([f"{worked} The answer is {res}.", f"The answer is {res}",
                                f"Answer: {res} (because {a} {sym} {b} = {res})"])
     elif subset == "synth-offtopic":
         rejected = other["solution"]
@@ -136,39 +116,24 @@ def make_pair(rng: random.Random, p: Dict[str, Any], subset: str, other: Dict[st
     return chosen, rejected
 
 
-def _unique_problems(rng: random.Random, n: int, exclude: set, lo: int, hi: int) -> List[Dict[str, Any]]:
-    out, seen = [], set(exclude)
-    tries = 0
-    while len(out) < n:
-        p = make_problem(rng, lo, hi)
-        tries += 1
-        if p["question"] in seen:
-            if tries > 50 * n + 1000:
-                raise ValueError(f"synthetic_prefs: cannot draw {n} distinct problems from numbers {lo}..{hi}")
-            continue
-        seen.add(p["question"])
-        out.append(p)
-    return out
+def synthetic_rows(cfg: DatasetConfig, split: str) -> list[dict[str, Any]]:
+    """Rows of synthetic_prefs; subsets cycle so every subset gets ~n/6 pairs.
 
-
-def synthetic_rows(cfg: DatasetConfig, split: str) -> List[Dict[str, Any]]:
-    """Rows of synthetic_prefs; subsets cycle so every subset gets ~n/6 pairs. Test problems never appear in train."""
-    lo, hi = cfg.min_number, cfg.max_number
-    # the test pool is drawn at a fixed size so train excludes it whatever num_test is (up to TEST_POOL)
-    test = _unique_problems(random.Random(cfg.seed * 1009 + 1), max(cfg.num_test, TEST_POOL), set(), lo, hi)
-    if split == "test":
-        problems, rng = test[:cfg.num_test], random.Random(cfg.seed * 1009 + 11)
-    elif split == "train":
-        problems = _unique_problems(random.Random(cfg.seed * 1009 + 2), cfg.num_train,
-                                    {p["question"] for p in test}, lo, hi)
-        rng = random.Random(cfg.seed * 1009 + 12)
-    else:
+    Train and test never share a calculation (synthetic_math.split_of), and the first k rows of a split do not depend
+    on num_train / num_test.
+    """
+    if split not in SPLITS:
         raise ValueError(f"dataset synthetic_prefs: unknown split {split!r} (train | test)")
+    n = cfg.num_train if split == "train" else cfg.num_test
+    # a few problems more than rows: the off-topic reply of row i answers one of the next _AHEAD problems (the first
+    # with another result), so every row has one and the first k rows do not depend on n
+    problems = draw_problems(cfg, split, n + _AHEAD, stream="synthetic_prefs")
+    rng = random.Random(f"synthetic_prefs|{cfg.seed}|{split}|pairs")
     rows = []
-    for i, p in enumerate(problems):
+    for i, p in enumerate(problems[:n]):
         subset = SYNTH_SUBSETS[i % len(SYNTH_SUBSETS)]
-        other = next((q for q in problems[i + 1:] + problems[:i] if q["solution"] != p["solution"]), None)
-        other = other or make_problem(rng, lo, hi + 1)
+        ahead = problems[i + 1:i + 1 + _AHEAD]
+        other = next((q for q in ahead if q["final_answer"] != p["final_answer"]), ahead[0])
         chosen, rejected = make_pair(rng, p, subset, other)
         rows.append({"prompt": judge_prompt(p["question"], cfg.system_prompt), "chosen": chosen, "rejected": rejected,
                      "subset": subset, "question": p["question"], "answer": p["answer"]})
@@ -176,7 +141,7 @@ def synthetic_rows(cfg: DatasetConfig, split: str) -> List[Dict[str, Any]]:
 
 
 # ------------------------------------------------------------------------------------------------------ hh-rlhf split
-def split_hh_transcript(chosen: str, rejected: str) -> Tuple[str, str, str]:
+def split_hh_transcript(chosen: str, rejected: str) -> tuple[str, str, str]:
     """Full chosen/rejected transcripts -> (shared prompt, chosen reply, rejected reply).
 
     The prompt is everything before the last "\\n\\nAssistant:" that both transcripts share (kept in the
@@ -196,7 +161,7 @@ def split_hh_transcript(chosen: str, rejected: str) -> Tuple[str, str, str]:
 
 
 # -------------------------------------------------------------------------------------------------------------- input
-def _read_local(path: str) -> List[Dict[str, Any]]:
+def _read_local(path: str) -> list[dict[str, Any]]:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"dataset.path: {path} does not exist")
@@ -212,7 +177,7 @@ def _read_local(path: str) -> List[Dict[str, Any]]:
     return read_jsonl(p, "dataset.path")
 
 
-def _read_source(cfg: DatasetConfig, split: str) -> List[Dict[str, Any]]:
+def _read_source(cfg: DatasetConfig, split: str) -> list[dict[str, Any]]:
     if cfg.path:
         return _read_local(cfg.path.replace("{split}", split))
     if not cfg.hub_id:
@@ -226,10 +191,10 @@ def _read_source(cfg: DatasetConfig, split: str) -> List[Dict[str, Any]]:
     return list(ds)
 
 
-def validate_rows(name: str, rows: Sequence[Dict[str, Any]], fields: Sequence[str]) -> None:
+def validate_rows(name: str, rows: Sequence[dict[str, Any]], fields: Sequence[str]) -> None:
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
-            raise ValueError(f"dataset {name} row {i}: expected an object, got {type(row).__name__}")
+            raise ValueError(f"dataset {name} row {i}: expected an object, got {type(row).__name__}")  # noqa: TRY004
         for f in fields:
             v = row.get(f)
             if v is None or (isinstance(v, str) and not v.strip()) or (isinstance(v, (list, dict)) and not v):
@@ -243,7 +208,7 @@ def _message_text(v: Any) -> str:
     return str(v)
 
 
-def pref_rows(cfg: DatasetConfig, split: str) -> List[Dict[str, Any]]:
+def pref_rows(cfg: DatasetConfig, split: str) -> list[dict[str, Any]]:
     """Validated rows as plain dicts (prompt, chosen, rejected, subset[, rationale]); no row cap applied."""
     name = cfg.name
     if name == "synthetic_prefs":
@@ -253,7 +218,7 @@ def pref_rows(cfg: DatasetConfig, split: str) -> List[Dict[str, Any]]:
     if name not in PREF_DATASETS:
         raise ValueError(f"dataset.name: {name!r} is not a preference dataset ({', '.join(PREF_DATASETS)})")
     raw = _read_source(cfg, split)
-    out: List[Dict[str, Any]] = []
+    out: list[dict[str, Any]] = []
     if name == "hh_rlhf":
         validate_rows(name, raw, ("chosen", "rejected"))
         for i, r in enumerate(raw):
@@ -293,7 +258,7 @@ def load_pref_split(cfg: DatasetConfig, split: str):
     return datasets.Dataset.from_dict({c: [r.get(c, "") for r in rows] for c in columns})
 
 
-def demo_pool_rows(cfg: DatasetConfig, n: int = 48) -> List[Dict[str, Any]]:
+def demo_pool_rows(cfg: DatasetConfig, n: int = 48) -> list[dict[str, Any]]:
     """Candidate in-context demonstrations: the first n train pairs of the dataset (never test problems)."""
     if cfg.name == "synthetic_prefs":
         return synthetic_rows(replace(cfg, num_train=n), "train")

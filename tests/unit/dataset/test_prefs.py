@@ -1,8 +1,11 @@
-"""Preference loaders: synthetic_prefs, and the hub schemas on local fixtures (tests/fixtures/*_sample.jsonl)."""
+"""Preference loaders: synthetic_prefs (pairs built on synthetic_math problems), and the hub schemas on local fixtures
+(tests/fixtures/*_sample.jsonl)."""
 
 from __future__ import annotations
 
 import json
+import re
+from dataclasses import replace
 
 import pytest
 from helpers import FIXTURES as FIX
@@ -14,6 +17,16 @@ from rlhf.dataset import prefs
 from rlhf.eval.rewardbench import SYNTHETIC_SECTIONS
 
 CONF = ROOT / "conf" / "dataset"
+ANNOTATION = re.compile(r"<<(\d+)([-+*/])(\d+)=(\d+)>>(\d+)")
+
+
+def final(text):
+    return text.rstrip().split("#### ")[-1]
+
+
+def symbol(line):
+    """The operator of the worked line's calculation (``3 + 4 = 7``)."""
+    return re.search(r"\d+ ([-+*/]) \d+ =", line).group(1)
 
 
 def test_synthetic_prefs_disjoint_seeded_and_balanced():
@@ -34,17 +47,78 @@ def test_synthetic_prefs_disjoint_seeded_and_balanced():
         assert row["chosen"].rstrip().split("#### ")[-1].isdigit()
 
 
+def test_synthetic_prefs_rows_deterministic_and_prefix_stable():
+    cfg = DatasetConfig(name="synthetic_prefs", num_train=60, num_test=30, seed=5)
+    for split, n in (("train", 60), ("test", 30)):
+        rows = prefs.synthetic_rows(cfg, split)
+        assert len(rows) == n and rows == prefs.synthetic_rows(cfg, split)
+        # the first k rows do not depend on num_train / num_test
+        assert prefs.synthetic_rows(replace(cfg, num_train=12, num_test=12), split) == rows[:12]
+    with pytest.raises(ValueError, match="unknown split"):
+        prefs.synthetic_rows(cfg, "validation")
+
+
+def test_synthetic_prefs_splits_share_no_calculation():
+    """Disjoint at the calculation level (operation and operands), not only in wording, whatever the sizes."""
+    cfg = DatasetConfig(name="synthetic_prefs", num_train=600, num_test=200, seed=0)
+    train, test = prefs.synthetic_rows(cfg, "train"), prefs.synthetic_rows(cfg, "test")
+    def calcs(rows):
+        return {tuple(ANNOTATION.findall(r["answer"])) for r in rows}
+
+    assert not calcs(train) & calcs(test)
+    assert not {r["question"] for r in train} & {r["question"] for r in test}
+
+
+def _check_answer(row):
+    """The row's GSM8K answer is arithmetically right (recomputed here), its operands are the question's numbers, and
+    the chosen reply ends in that answer's ``#### N``; returns N."""
+    value = None
+    for x, sym, y, z, shown in ANNOTATION.findall(row["answer"]):
+        x, y, z = int(x), int(y), int(z)
+        assert value is None or x == value  # a chain: each step starts from the previous result
+        assert z == int(shown) == {"+": x + y, "-": x - y, "*": x * y, "/": x // y}[sym]
+        assert sym != "/" or x % y == 0
+        assert re.search(rf"(?<!\d){y}(?!\d)", row["question"])
+        value = z
+    assert value is not None
+    assert final(row["answer"]) == final(row["chosen"]) == str(value)
+    return value
+
+
 def test_synthetic_pairs_are_what_the_subset_says():
-    rows = prefs.synthetic_rows(DatasetConfig(name="synthetic_prefs", num_train=12, num_test=12), "test")
-    by = {r["subset"]: r for r in rows}
-    final = lambda s: s.rstrip().split("#### ")[-1]  # noqa: E731
-    assert final(by["synth-slip"]["rejected"]) != final(by["synth-slip"]["chosen"])
-    assert final(by["synth-wrong-op"]["rejected"]) != final(by["synth-wrong-op"]["chosen"])
-    assert "####" not in by["synth-refusal"]["rejected"]
-    assert len(by["synth-verbose"]["rejected"]) > 3 * len(by["synth-verbose"]["chosen"])
-    assert "####" not in by["synth-format"]["rejected"]
-    assert by["synth-offtopic"]["rejected"].split(" ")[0:2] != by["synth-offtopic"]["chosen"].split(" ")[0:2] or \
-        final(by["synth-offtopic"]["rejected"]) != final(by["synth-offtopic"]["chosen"])
+    rows = prefs.synthetic_rows(DatasetConfig(name="synthetic_prefs", num_train=60, num_test=60), "test")
+    assert {r["subset"] for r in rows} == set(prefs.SYNTH_SUBSETS)  # every pair kind
+    for r in rows:
+        value = _check_answer(r)
+        chosen, rejected, kind = r["chosen"], r["rejected"], r["subset"]
+        assert "<<" not in chosen and r["prompt"].startswith(r["question"])
+        if kind in ("synth-slip", "synth-wrong-op"):  # the same worked solution with a wrong last step
+            assert final(rejected) != str(value) and rejected.count("\n") == chosen.count("\n")
+            (line_c, line_r), = [(c, w) for c, w in zip(chosen.split("\n"), rejected.split("\n")) if c != w][:1]
+            assert (symbol(line_r) == symbol(line_c)) == (kind == "synth-slip")
+        elif kind == "synth-refusal":
+            assert "####" not in rejected and not re.search(r"\d", rejected)
+        elif kind == "synth-verbose":
+            assert len(rejected) > 3 * len(chosen) and r["question"] in rejected and final(rejected) != str(value)
+        elif kind == "synth-format":
+            assert "####" not in rejected and str(value) in rejected
+        else:  # synth-offtopic: another problem's correct solution
+            assert kind == "synth-offtopic" and final(rejected) != str(value)
+            assert re.search(r"\n#### \d+$", rejected) and "<<" not in rejected
+
+
+def test_synthetic_pairs_on_multi_step_problems():
+    cfg = DatasetConfig(name="synthetic_prefs", num_train=12, num_test=48, operations=["add", "sub", "mul", "div"],
+                        min_steps=2, max_steps=3, seed=1)
+    rows = prefs.synthetic_rows(cfg, "test")
+    assert {r["subset"] for r in rows} == set(prefs.SYNTH_SUBSETS)
+    for r in rows:
+        assert _check_answer(r) >= 1
+        assert len(ANNOTATION.findall(r["answer"])) in (2, 3)
+        if r["subset"] in ("synth-slip", "synth-wrong-op"):
+            # only the last step is wrong
+            assert r["chosen"].split("\n")[:-2] == r["rejected"].split("\n")[:-2]
+            assert final(r["rejected"]) != final(r["chosen"])
 
 
 def test_hh_rlhf_splits_shared_prompt():

@@ -1,16 +1,36 @@
-"""The synthetic grade-school math generator: determinism, disjoint splits, correct worked answers."""
+"""The synthetic grade-school math generator: determinism, disjoint splits, correct worked answers; the rendering
+synthetic_prefs builds its pairs from (draw_problem, worked_solution)."""
 
+import hashlib
+import json
+import random
 import re
 from collections import Counter
 
 import pytest
 
 from rlhf.config import DatasetConfig
-from rlhf.dataset.synthetic_math import SINGLE, STEPS, generate_problems, split_of
+from rlhf.dataset.synthetic_math import (
+    RL_FIELDS,
+    SINGLE,
+    STEPS,
+    _Arithmetic,
+    draw_problem,
+    draw_problems,
+    generate_problems,
+    split_of,
+    worked_solution,
+)
+from rlhf.reward.judge_reward import reference_solution
 from rlhf.task.math_grading import extract_answer, reference_answer
 
 ALL_OPS = ["add", "sub", "mul", "div"]
 ANNOTATION = re.compile(r"<<(\d+)([-+*/])(\d+)=(\d+)>>(\d+)")
+
+
+def calc(p):
+    """A problem's calculation: its operations and operands."""
+    return tuple(p["ops"]), tuple(p["operands"])
 
 
 def recompute(ops, operands):
@@ -50,7 +70,6 @@ def test_splits_are_disjoint(mixed):
     assert len(train) == 600 and len(test) == 150
     assert not {p["question"] for p in train} & {p["question"] for p in test}
     # stronger: no calculation (operations + operands) appears in both splits
-    calc = lambda p: (tuple(p["ops"]), tuple(p["operands"]))  # noqa: E731
     assert not {calc(p) for p in train} & {calc(p) for p in test}
     assert all(split_of(cfg.seed, p["ops"], p["operands"]) == "test" for p in test)
     # default config, full default sizes
@@ -61,7 +80,7 @@ def test_splits_are_disjoint(mixed):
 
 
 def test_answers_are_correct(mixed):
-    cfg, train, test = mixed
+    _, train, test = mixed
     for p in train + test:
         assert p["num_steps"] == len(p["ops"]) == len(p["operands"]) - 1
         assert p["operation"] == ",".join(p["ops"])
@@ -149,3 +168,58 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="could only generate 0 distinct train problems"):
         generate_problems(DatasetConfig(operations=["div"], min_number=2, max_number=3), "train", 2)
     assert generate_problems(DatasetConfig(), "train", 0) == []
+
+
+def test_default_rl_problems_are_pinned():
+    """The RL task's problems do not change by accident (e.g. when the generator is refactored or synthetic_prefs
+    changes how it uses it): a digest of the first 200 train and test problems of the default config."""
+    d = DatasetConfig()
+    digest = {s: hashlib.sha256(json.dumps(generate_problems(d, s, 200), sort_keys=True).encode()).hexdigest()[:16]
+              for s in ("train", "test")}
+    assert digest == {"train": "a3763c3535172fc9", "test": "5ec8f927888991f9"}
+    first = generate_problems(d, "train", 1)[0]
+    assert set(first) == set(RL_FIELDS)
+    assert first["answer"] == ("James collected 38 + 19 = <<38+19=57>>57 trading cards in total.\n#### 57")
+
+
+def test_draw_problems_streams_share_the_split_not_the_problems():
+    cfg = DatasetConfig(operations=ALL_OPS, min_steps=1, max_steps=3, seed=2)
+    rl = draw_problems(cfg, "train", 80)
+    assert [{k: p[k] for k in RL_FIELDS} for p in rl] == generate_problems(cfg, "train", 80)
+    other = draw_problems(cfg, "train", 80, stream="synthetic_prefs")
+    assert other == draw_problems(cfg, "train", 80, stream="synthetic_prefs")  # deterministic per stream
+    assert draw_problems(cfg, "train", 30, stream="synthetic_prefs") == other[:30]
+    assert {p["question"] for p in other} != {p["question"] for p in rl}
+    test = draw_problems(cfg, "test", 80, stream="synthetic_prefs")
+    assert all(split_of(cfg.seed, p["ops"], p["operands"]) == "test" for p in test)
+    assert not {calc(p) for p in rl + other} & {calc(p) for p in test}
+
+
+def test_worked_solution_plain_and_with_a_wrong_last_step():
+    cfg = DatasetConfig(operations=ALL_OPS, min_steps=1, max_steps=3, seed=4)
+    problems = draw_problems(cfg, "test", 60, stream="synthetic_prefs")
+    assert {p["num_steps"] for p in problems} == {1, 2, 3}
+    for p in problems:
+        assert p["answer"] == worked_solution(p)
+        assert p["solution"] == worked_solution(p, annotate=False) == reference_solution(p["answer"])
+        assert "<<" not in p["solution"] and p["solution"].endswith(f"\n#### {p['final_answer']}")
+        assert p["final_answer"] == recompute(p["ops"], p["operands"])
+        r, slip = p["final_answer"], p["final_answer"] + 3
+        lines, wrong = p["solution"].split("\n"), worked_solution(p, annotate=False, last_result=slip).split("\n")
+        assert wrong[:-2] == lines[:-2]  # earlier steps untouched
+        assert wrong[-2:] == [lines[-2].replace(f" = {r} ", f" = {slip} "), f"#### {slip}"]
+        op = p["ops"][-1]
+        other_op = "add" if op != "add" else "mul"
+        swapped = worked_solution(p, annotate=False, last_op=other_op, last_result=0)
+        sym = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
+        a, b = recompute(p["ops"][:-1], p["operands"][:-1]), p["operands"][-1]
+        assert f"{a} {sym[other_op]} {b} = 0" in swapped.split("\n")[-2] and swapped.endswith("#### 0")
+
+
+def test_draw_problem_respects_accept_and_steps():
+    arith = _Arithmetic(DatasetConfig(operations=ALL_OPS))
+    rng = random.Random(0)
+    assert draw_problem(rng, arith, 2, accept=lambda ops, operands: False) is None
+    p = draw_problem(random.Random(1), arith, 3)
+    assert p is not None and p["num_steps"] == 3 and len(p["operands"]) == 4
+    assert p == draw_problem(random.Random(1), arith, 3)
