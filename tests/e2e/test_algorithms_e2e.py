@@ -100,7 +100,8 @@ def test_every_algorithm_runs_on_vllm_rollouts(tmp_path):
     for name, d in job_dirs(tmp_path).items():
         rows = [r for r in metric_rows(d) if "reward_mean" in r]
         assert len(rows) == 2 and all(r["time/sync"] > 0 for r in rows), name
-        assert all(r["engine_logprob_diff_max"] < 1e-2 for r in rows), (name, rows)
+        if name != "online_dpo":  # DPO computes no per-token log-probs of the whole rollout to compare with
+            assert all(r["engine_logprob_diff_max"] < 1e-2 for r in rows), (name, rows)
 
 
 def test_resume_refused_between_dpo_reference_refreshes(tmp_path):
