@@ -8,6 +8,7 @@ import pytest
 import torch
 from helpers import ROOT, algo_cfg
 from helpers import tiny_policy as build_tiny_policy
+from test_update import rollout_for
 
 from rlhf.algo.cispo import cispo_policy_loss
 from rlhf.algo.dapo import overlong_penalty
@@ -18,8 +19,6 @@ from rlhf.algo.registry import algorithm_names, build_algorithm, load_algorithms
 from rlhf.algo.reinforce_pp import discounted_returns
 from rlhf.algo.rloo import leave_one_out_advantages
 from rlhf.backend.base import TorchBackend
-from rlhf.rollout.base import SamplingParams
-from rlhf.rollout.hf_engine import HFEngine
 
 t = torch.tensor
 ALL = ["cispo", "dapo", "dr_grpo", "grpo", "gspo", "online_dpo", "ppo", "reinforce_pp", "rloo"]
@@ -179,14 +178,6 @@ def test_dpo_loss_by_hand():
 
 
 # ------------------------------------------------------------------------------- one update per algorithm, tiny model
-def rollout_for(policy, tok, n):
-    torch.manual_seed(0)
-    engine = HFEngine(policy.generation_model(), tok, torch.device("cpu"))
-    prompts = [tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
-               for q in ("What is 2 + 2?", "Name a fruit.")]
-    return engine.generate(prompts, SamplingParams(max_new_tokens=8, temperature=1.0, n=n))
-
-
 def seq_logprob(policy, rollout, rows):
     with torch.no_grad():
         out = policy(rollout.input_ids[rows], rollout.attention_mask[rows], rollout.prompt_len, 1.0,
