@@ -148,8 +148,9 @@ class OnlineDPO(Algorithm):
     def update(self, policy, exp: PairExperience, kl_coef: float, temperature: float, hooks: UpdateHooks,
                generator: Optional[torch.Generator] = None) -> Dict[str, float]:
         """epochs passes over the pairs in shuffled minibatches; every chunk's loss is its pairs' weighted loss over
-        the minibatch's total weight (global under data parallelism), so the accumulated gradient is the minibatch's
-        mean over its real (non-tied) pairs. A minibatch with no real pair anywhere is skipped on every rank alike."""
+        the minibatch's total weight (global under data parallelism, times the world size because the backend
+        averages the ranks' gradients), so the applied gradient is the global minibatch's mean over its real
+        (non-tied) pairs. A minibatch with no real pair anywhere is skipped on every rank alike."""
         c = self.cfg
         N = exp.chosen.shape[0]
         sums: Dict[str, float] = {}
@@ -176,13 +177,15 @@ class OnlineDPO(Algorithm):
                     per_pair, margin = dpo_loss(lc, lr, exp.ref_chosen[j], exp.ref_rejected[j], c.beta,
                                                 c.label_smoothing)
                     w = exp.weight[j]
-                    loss = (per_pair * w).sum() / w_total
+                    loss = (per_pair * w).sum() / w_total  # this chunk's share of the global minibatch mean
                     if not hooks.all_finite(loss):
                         if i > 0:
                             hooks.discard(loss)
                         ok = False
                         break
-                    hooks.backward(loss, len(chunks) > 1, i == len(chunks) - 1)
+                    # the backend averages gradients over ranks: scale by world_size so the result is the global mean
+                    hooks.backward(loss * hooks.world_size if hooks.all_sum is not None else loss, len(chunks) > 1,
+                                   i == len(chunks) - 1)
                     stats["dpo_loss"] += float(loss.detach())
                     stats["reward_margin"] += float((margin.detach() * w).sum() / w_total)
                     stats["reward_accuracy"] += float(((margin.detach() > 0).float() * w).sum() / w_total)

@@ -243,3 +243,38 @@ def test_online_dpo_reference_refresh_copies_the_policy():
     assert all(torch.equal(a, b) for a, b in zip(policy.model.parameters(), policy.ref_model.parameters()))
     with pytest.raises(ValueError, match="resume"):
         algo.on_resume(policy, 3)
+
+
+class RecordingHooks:
+    """UpdateHooks that record what would be backpropagated (no optimizer)."""
+
+    def __init__(self, all_sum=None, world_size=1):
+        self.all_sum, self.world_size, self.losses = all_sum, world_size, []
+
+    def backward(self, loss, accumulate, is_last):
+        self.losses.append(float(loss))
+
+    def discard(self, loss):
+        self.losses.clear()
+
+    def step(self):
+        return 0.0
+
+    def all_finite(self, t):
+        return bool(torch.isfinite(t).all())
+
+
+def test_online_dpo_loss_is_the_global_mean_under_data_parallelism():
+    """Two ranks holding the same pairs (all_sum doubles): after the backend averages the ranks' gradients, the step
+    must equal the single process's, so each rank backpropagates the single process's loss."""
+    cfg = algo_cfg("online_dpo", prompts_per_step=2, samples_per_prompt=4, minibatch_size=2, micro_batch_size=1)
+    algo = build_algorithm(cfg)
+    policy, tok = build_tiny_policy()
+    rollout = rollout_for(policy, tok, n=4)
+    scores = t([1.0, 0.0, 0.0, 1.0, 0.0, 1.0, 1.0, 0.0])
+    exp, _ = algo.make_experience(policy, rollout, scores, 0.0, 1.0, torch.device("cpu"))
+    single, pair = RecordingHooks(), RecordingHooks(all_sum=lambda x: 2 * x, world_size=2)
+    s1 = algo.update(policy, exp, 0.0, 1.0, single, generator=torch.Generator().manual_seed(0))
+    s2 = algo.update(policy, exp, 0.0, 1.0, pair, generator=torch.Generator().manual_seed(0))
+    assert len(single.losses) == 2 and single.losses == pytest.approx(pair.losses)
+    assert s2["dpo_loss"] == pytest.approx(s1["dpo_loss"])  # the logged loss is the global mean too
