@@ -21,8 +21,9 @@ def mean_sd(xs: List[float], scale: float = 1.0, digits: int = 1) -> str:
     if not xs:
         return "-"
     m = statistics.fmean(xs) * scale
-    sd = statistics.stdev(xs) * scale if len(xs) > 1 else 0.0
-    return f"{m:.{digits}f} ± {sd:.{digits}f}"
+    if len(xs) == 1:  # one seed: no spread to report
+        return f"{m:.{digits}f}"
+    return f"{m:.{digits}f} ± {statistics.stdev(xs) * scale:.{digits}f}"
 
 
 def job_row(job_dir: Path) -> Dict[str, float]:
