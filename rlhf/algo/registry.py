@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from typing import Dict, List, Type
+from typing import Dict, List
 
 from hydra.core.config_store import ConfigStore
 
