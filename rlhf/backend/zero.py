@@ -29,8 +29,8 @@ Checkpoints keep the single-process layout (model/ or adapter/, value_head.safet
 read them unchanged; the optimizer partitions are DeepSpeed's own save_checkpoint in deepspeed/ inside the same atomic
 directory, and every rank saves its RNG state as rng_rank<r>.json + .safetensors (rlhf.backend.checkpoint.save_state:
 no pickle). DeepSpeed's checkpoint engine reads its own .pt files with torch.load(weights_only=False)
-(deepspeed/runtime/checkpoint_engine/torch_checkpoint_engine.py). On resume its load is swapped for
-torch.load(weights_only=True) (torch's restricted unpickler, plus the few DeepSpeed classes its files hold), so no
+(deepspeed/runtime/checkpoint_engine/torch_checkpoint_engine.py; a few paths call torch.load directly). On resume
+both its load and torch.load are swapped for torch.load(weights_only=True) (torch's restricted unpickler, plus the few DeepSpeed classes its files hold), so no
 file can build anything else; before that, every pickle under deepspeed/ is scanned (rlhf.backend.safe_pickle,
 nothing executed) so that a file naming anything outside the allow-list is refused up front, by name.
 """
@@ -320,26 +320,29 @@ class DeepSpeedBackend(TrainingBackend):
 @contextlib.contextmanager
 def restricted_checkpoint_loads(ds_engine: Any) -> Iterator[None]:
     """Every file DeepSpeed loads in the block goes through torch.load(weights_only=True), torch's restricted
-    unpickler, with only the DeepSpeed classes of the allow-list added: DeepSpeed's own checkpoint engine calls
-    torch.load(weights_only=False), which would run whatever a crafted file asks for. (The opcode scan before it
-    refuses such a file early, with the offending name; this is what guarantees nothing else is ever built.)"""
+    unpickler, with only the DeepSpeed classes of the allow-list added. DeepSpeed's own checkpoint engine calls
+    torch.load(weights_only=False), and some of its paths (universal checkpoints, ZeRO-3 optimizer state) call
+    torch.load(..., weights_only=False) directly, so both the engine's load and torch.load itself are replaced for
+    the duration: a crafted file cannot build anything else, whichever path reads it. (The opcode scan before it
+    refuses such a file early, with the offending name.)"""
     engine = ds_engine.checkpoint_engine
-    original = engine.load
+    original_engine_load, original_torch_load = engine.load, torch.load
     extra = [getattr(importlib.import_module(module), name) for module, name in sorted(DEEPSPEED_GLOBALS)]
 
-    def load(path: str, map_location=None):
+    def load(path: Any, map_location=None, *args: Any, **kwargs: Any):
+        kwargs.pop("weights_only", None)  # whatever the caller asked for: restricted
         try:
             with torch.serialization.safe_globals(extra):
-                return torch.load(path, map_location=map_location, weights_only=True)
+                return original_torch_load(path, map_location=map_location, *args, weights_only=True, **kwargs)
         except pickle.UnpicklingError as e:
             first = (str(e).strip().splitlines() or ["?"])[0][:200]
             raise ValueError(f"resume: {path} refused by the restricted unpickler ({first})") from None
 
-    engine.load = load
+    engine.load, torch.load = load, load
     try:
         yield
     finally:
-        engine.load = original
+        engine.load, torch.load = original_engine_load, original_torch_load
 
 
 def weights_digest(policy: Policy) -> str:

@@ -415,6 +415,8 @@ class _StubEngine:
         self.calls.append(path)
         for f in sorted(Path(path).rglob("*.pt")):
             self.checkpoint_engine.load(str(f), map_location="cpu")
+        for f in sorted(Path(path).rglob("*.direct")):  # DeepSpeed's universal / ZeRO-3 paths skip the engine
+            torch.load(str(f), weights_only=False)
         return path, None
 
 
@@ -474,3 +476,10 @@ def test_deepspeed_files_are_loaded_by_the_restricted_unpickler(tmp_path, monkey
         zero.DeepSpeedBackend.load(runtime, bad)
     assert not marker.exists()
     assert runtime.ds_engine.checkpoint_engine.load == original
+    # a path that calls torch.load(weights_only=False) itself, not through the checkpoint engine, is restricted too
+    direct = _ds_checkpoint(tmp_path / "direct", {"module": OrderedDict(w=torch.ones(2))})
+    torch.save({"x": SystemTrap(marker)}, direct / "deepspeed" / "zero" / "optimizer_state.direct")
+    torch_load = torch.load
+    with pytest.raises(ValueError, match="optimizer_state.direct refused by the restricted unpickler"):
+        zero.DeepSpeedBackend.load(runtime, direct)
+    assert not marker.exists() and torch.load is torch_load
