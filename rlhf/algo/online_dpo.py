@@ -133,10 +133,15 @@ class OnlineDPO(Algorithm):
         ids, att = rollout.input_ids.to(device), rollout.attention_mask.to(device)
         mask = rollout.response_mask.to(device)
         P = rollout.prompt_len
-        ref = torch.cat([(policy.ref_logprobs(ids[s], att[s], P, temperature) * mask[s]).sum(-1)
-                         for s in chunk_slices(ids.shape[0], max(2 * (c.micro_batch_size or c.minibatch_size), 1))])
+        # reference log-probs of the paired rows only (with pairs_per_prompt < n/2 the others are never trained on);
+        # tied pairs too, so every rank runs the same number of forwards
+        rows = torch.cat([chosen, rejected]).to(device)
+        ref = torch.cat([(policy.ref_logprobs(ids[r], att[r], P, temperature) * mask[r]).sum(-1)
+                         for r in (rows[s] for s in chunk_slices(rows.shape[0],
+                                                                  2 * (c.micro_batch_size or c.minibatch_size)))])
         chosen, rejected, weight = chosen.to(device), rejected.to(device), weight.to(device)
-        exp = PairExperience(ids, att, mask, P, chosen, rejected, weight, ref[chosen], ref[rejected])
+        n = chosen.shape[0]
+        exp = PairExperience(ids, att, mask, P, chosen, rejected, weight, ref[:n], ref[n:])
         n_valid = weight.sum()
         n_total = torch.tensor(float(weight.numel()), device=device)
         gap = ((scores.to(device)[chosen] - scores.to(device)[rejected]) * weight).sum()
