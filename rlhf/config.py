@@ -108,6 +108,10 @@ class JudgeConfig:
     )
     # pairwise | pointwise
     mode: str = "pairwise"
+    # reference-guided grading (as MT-Bench's math judge): none = reference-free (the paper's setting); answer = the
+    # reference final answer is shown after the request; solution = the whole reference solution (or reference reply).
+    # Used where the item has one (math rows' `answer`, chat rows' `reference`); items without one are shown without.
+    reference: str = "none"
     num_demos: int = 2
     demo_seed: int = 0
     max_len: int = 768
@@ -286,6 +290,7 @@ CHOICES = {
     "reward.mode": ("strict", "flexible"),
     "reward.judge_signal": ("pointwise", "pairwise"),
     "judge.mode": ("pairwise", "pointwise"),
+    "judge.reference": ("none", "answer", "solution"),
     "hardware.device": ("cpu", "cuda", "auto"),
     "hardware.dtype": ("float32", "bfloat16", "float16"),
     "hardware.rollout": ("hf", "vllm"),

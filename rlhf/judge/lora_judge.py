@@ -77,11 +77,12 @@ def training_examples(judge: RubricJudge, row: Dict[str, Any],
         extra = judge.tok("\nReason: " + str(row["rationale"]).strip(), add_special_tokens=False)["input_ids"]
         extra = extra[:judge.cfg.max_len // 4] + [judge.tok.eos_token_id]
     if pr.mode == "pairwise":
-        ab = pr.prefix_ids + pr.pair_suffix(row["prompt"], row["chosen"], row["rejected"])
-        ba = pr.prefix_ids + pr.pair_suffix(row["prompt"], row["rejected"], row["chosen"])
+        prompt = pr.request(row)
+        ab = pr.prefix_ids + pr.pair_suffix(prompt, row["chosen"], row["rejected"])
+        ba = pr.prefix_ids + pr.pair_suffix(prompt, row["rejected"], row["chosen"])
         return [(ab, [pr.verdict_ids[0]] + extra), (ba, [pr.verdict_ids[1]] + extra)]
-    good = pr.prefix_ids + pr.single_suffix(row["prompt"], row["chosen"])
-    bad = pr.prefix_ids + pr.single_suffix(row["prompt"], row["rejected"])
+    good = pr.prefix_ids + pr.single_suffix(pr.request(row), row["chosen"])
+    bad = pr.prefix_ids + pr.single_suffix(pr.request(row), row["rejected"])
     return [(good, [pr.verdict_ids[-1]] + extra), (bad, [pr.verdict_ids[0]] + extra)]
 
 

@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from rlhf.config import ConfigError, DatasetConfig, JudgeConfig
 from rlhf.dataset.prefs import demo_pool_rows
 from rlhf.report.io import read_jsonl
+from rlhf.task.math_grading import reference_answer, reference_solution
 
 SENTINEL = "\u2063ITEM\u2063"
 PAIR_LABELS = ("A", "B")
@@ -56,8 +57,35 @@ def parse_rubric(text: str) -> Rubric:
     return Rubric(criteria.strip(), scale[0], scale[1], str(obj.get("output", "a single digit")))
 
 
-def system_text(rubric: Rubric, mode: str) -> str:
+REFERENCE_HEADERS = {"answer": "[Reference answer]", "solution": "[Reference solution]"}
+
+
+def reference_of(row: Dict[str, Any], mode: str) -> Optional[str]:
+    """What a reference-guided judge (judge.reference) is shown for one item, or None (mode none, or no reference):
+    answer = the math reference's final answer; solution = the item's reference reply, else the math reference
+    solution without calculator annotations."""
+    if mode == "none":
+        return None
+    answer = row.get("answer")
+    if mode == "answer":
+        return reference_answer(str(answer)) if answer else None
+    if row.get("reference"):
+        return str(row["reference"])
+    return reference_solution(str(answer)) if answer else None
+
+
+def guided_request(prompt: str, row: Dict[str, Any], mode: str) -> str:
+    """The request as a reference-guided judge reads it: the prompt, then the reference block when there is one."""
+    ref = reference_of(row, mode)
+    return prompt if ref is None else f"{prompt}\n\n{REFERENCE_HEADERS[mode]}\n{ref}"
+
+
+def system_text(rubric: Rubric, mode: str, reference: str = "none") -> str:
     head = f"You are an impartial judge. Criteria: {rubric.criteria}."
+    if reference != "none":
+        what = "answer" if reference == "answer" else "solution"
+        head += (f" When the request is followed by a reference {what}, it is correct: a response whose final answer "
+                 f"differs from the reference {what}'s is wrong.")
     if mode == "pairwise":
         return (f"{head} Compare two responses (A and B) to the user's request and decide which one is better by the "
                 "criteria. Position and length do not matter. Reply with 'Verdict: A' or 'Verdict: B'.")
@@ -141,6 +169,9 @@ class JudgePrompter:
         self.tok = tokenizer
         self.cfg = cfg
         self.mode = cfg.mode
+        if cfg.reference not in REFERENCE_HEADERS and cfg.reference != "none":
+            raise ConfigError(f"judge.reference: {cfg.reference!r} is not one of ['none', 'answer', 'solution']")
+        self.reference = cfg.reference
         self.rubric = parse_rubric(cfg.rubric)
         if self.mode == "pairwise":
             self.labels = list(PAIR_LABELS)
@@ -163,21 +194,25 @@ class JudgePrompter:
         rs = [clip_text(self.tok, r, rb) for r in responses]
         return pair_item_text(prompt, rs[0], rs[1]) if len(rs) == 2 else single_item_text(prompt, rs[0])
 
+    def request(self, row: Dict[str, Any]) -> str:
+        """A preference row's prompt as this judge reads it (with its reference block under judge.reference)."""
+        return guided_request(str(row["prompt"]), row, self.reference)
+
     def demo_turns(self) -> List[Dict[str, str]]:
         turns: List[Dict[str, str]] = []
         for j, d in enumerate(self.demos):
             flip = d.get("_flip", j % 2 == 1)
             if self.mode == "pairwise":
                 a, b = (d["rejected"], d["chosen"]) if flip else (d["chosen"], d["rejected"])
-                user, answer = self.item_text(d["prompt"], [a, b]), PAIR_LEAD + ("B" if flip else "A")
+                user, answer = self.item_text(self.request(d), [a, b]), PAIR_LEAD + ("B" if flip else "A")
             else:
                 resp, score = (d["rejected"], self.rubric.low) if flip else (d["chosen"], self.rubric.high)
-                user, answer = self.item_text(d["prompt"], [resp]), f"{SCORE_LEAD}{score}"
+                user, answer = self.item_text(self.request(d), [resp]), f"{SCORE_LEAD}{score}"
             turns += [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
         return turns
 
     def _build_template(self) -> None:
-        messages = [{"role": "system", "content": system_text(self.rubric, self.mode)}] + self.demo_turns()
+        messages = [{"role": "system", "content": system_text(self.rubric, self.mode, self.reference)}] + self.demo_turns()
         rendered = render_chat(self.tok, messages + [{"role": "user", "content": SENTINEL}])
         if rendered.count(SENTINEL) != 1:
             raise ConfigError("judge: the chat template does not keep the item text intact")

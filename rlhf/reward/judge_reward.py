@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -33,19 +32,12 @@ from rlhf.judge.factory import (
     saved_scorer_in,
 )
 from rlhf.judge.io import MetricSink
+from rlhf.judge.prompts import guided_request
 from rlhf.reward.base import RewardOutput
 from rlhf.rollout.base import Rollout
-from rlhf.task.math_grading import is_correct
+from rlhf.task.math_grading import is_correct, reference_solution
 
 log = logging.getLogger(__name__)
-
-_CALC = re.compile(r"<<[^<>]*>>")
-
-
-def reference_solution(answer_field: str) -> str:
-    """GSM8K answer field -> readable reference solution (calculator annotations <<...>> removed)."""
-    return _CALC.sub("", answer_field).strip()
-
 
 def reference_text(meta: Dict[str, Any]) -> str:
     """What a pairwise judge compares a reply with: the task's reference reply, else the math reference solution."""
@@ -73,12 +65,16 @@ class JudgeReward:
         self.summary: Dict[str, str] = {}  # lines for the run's closing summary (e.g. the held-out pair accuracy)
 
     def judge_prompt_of(self, meta: Dict[str, Any]) -> Optional[str]:
-        """The prompt as the judge reads it: the task's judge_prompt, or a math question plus the format instruction."""
+        """The prompt as the judge reads it: the task's judge_prompt, or a math question plus the format instruction;
+        a reference-guided judge (judge.reference) also sees the item's reference (a BT RM never does)."""
         if meta.get("judge_prompt"):
-            return str(meta["judge_prompt"])
-        if meta.get("question"):
-            return judge_prompt(str(meta["question"]), self.cfg.dataset.system_prompt)
-        return None
+            prompt = str(meta["judge_prompt"])
+        elif meta.get("question"):
+            prompt = judge_prompt(str(meta["question"]), self.cfg.dataset.system_prompt)
+        else:
+            return None
+        prompter = getattr(self.scorer, "prompter", None)  # a loaded judge keeps the reference mode it was trained in
+        return prompt if prompter is None else guided_request(prompt, meta, prompter.reference)
 
     def judge_prompts(self, rollout: Rollout) -> List[str]:
         return [self.judge_prompt_of(m) or rollout.prompts[rollout.prompt_index(i)]

@@ -87,6 +87,14 @@ def reference_answer(answer_field: str) -> str:
     return value
 
 
+_CALC_RE = re.compile(r"<<[^<>]*>>")
+
+
+def reference_solution(answer_field: str) -> str:
+    """GSM8K answer field -> readable reference solution (calculator annotations <<...>> removed)."""
+    return _CALC_RE.sub("", answer_field).strip()
+
+
 def _as_number(value: str) -> Optional[Decimal]:
     try:
         number = Decimal(value)

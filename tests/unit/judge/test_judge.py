@@ -185,3 +185,40 @@ def test_bench_judge_runs_on_tiny_model():
     out = mod.bench_judge(ModelConfig(source="tiny_random"), num_demos=1, pairs=2, repeats=1)
     assert out["with_reuse"]["pairs_per_s"] > 0 and out["without_reuse"]["pairs_per_s"] > 0
     assert out["max_abs_prob_diff"] < 1e-4 and out["token_ratio"] > 1
+
+
+# ------------------------------------------------------------------------------------------ reference-guided grading
+def test_reference_of_each_mode_and_missing_reference():
+    math_row = {"prompt": "Q", "answer": "3 * 4 = <<3*4=12>>12\n#### 12"}
+    chat_row = {"prompt": "Q", "reference": "A kind reply."}
+    assert jp.reference_of(math_row, "none") is None
+    assert jp.reference_of(math_row, "answer") == "12"
+    assert jp.reference_of(math_row, "solution") == "3 * 4 = 12\n#### 12"
+    assert jp.reference_of(chat_row, "answer") is None  # no math answer: shown without a reference
+    assert jp.reference_of(chat_row, "solution") == "A kind reply."
+    assert jp.reference_of({"prompt": "Q"}, "solution") is None
+    assert jp.guided_request("Q", math_row, "answer") == "Q\n\n[Reference answer]\n12"
+    assert jp.guided_request("Q", math_row, "none") == "Q"
+    assert jp.guided_request("Q", {"prompt": "Q"}, "answer") == "Q"
+
+
+def test_reference_guided_prompter_system_demos_and_bad_value(tiny):
+    _, tok = tiny
+    demos = [dict(d, answer=d["chosen"]) for d in DEMOS]
+    free = jp.JudgePrompter(tok, JudgeConfig(num_demos=2), jp.select_demos(demos, 2, 0))
+    guided = jp.JudgePrompter(tok, JudgeConfig(num_demos=2, reference="answer"), jp.select_demos(demos, 2, 0))
+    assert "reference" not in free.prefix_text and "[Reference answer]" not in free.prefix_text
+    assert "reference answer, it is correct" in guided.prefix_text
+    assert guided.prefix_text.count("[Reference answer]") == 2  # each demonstration shows its reference too
+    row = {"prompt": "What is 10 + 5?", "answer": "10 + 5 = 15\n#### 15"}
+    assert guided.request(row).endswith("[Reference answer]\n15") and free.request(row) == row["prompt"]
+    with pytest.raises(ConfigError, match="judge.reference"):
+        jp.JudgePrompter(tok, JudgeConfig(reference="gold"))
+
+
+def test_reference_guided_judge_reads_the_reference(tiny):
+    """The same reply scores differently when the reference shown changes: the reference reaches the model."""
+    judge = make_judge(tiny, reference="answer", num_demos=0)
+    prompts = [judge.prompter.request({"prompt": "What is 10 + 5?", "answer": f"#### {n}"}) for n in (15, 16)]
+    p = judge.prob_first_better(prompts, ["10 + 5 = 15.\n#### 15"] * 2, ["10 + 5 = 16.\n#### 16"] * 2)
+    assert p.shape == (2,) and not torch.allclose(p[0], p[1])

@@ -104,3 +104,13 @@ def test_metrics_file_when_no_logger(tmp_path):
     build_judge_reward(cfg, make_context(cfg, tmp_path))
     lines = (tmp_path / "judge_metrics.jsonl").read_text().splitlines()
     assert len(lines) == 3 and "loss" in json.loads(lines[0]) and "heldout_accuracy" in json.loads(lines[2])
+
+
+def test_reference_guided_reward_shows_each_item_its_reference(tmp_path):
+    cfg = make_cfg("rubric_judge", judge_kw={"reference": "answer", "num_demos": 0}, judge_signal="pointwise")
+    reward = build_judge_reward(cfg, make_context(cfg, tmp_path))
+    prompts = reward.judge_prompts(make_rollout())
+    assert [p.rsplit("\n", 1)[-1] for p in prompts] == ["5", "5", "4", "4"]
+    assert all("[Reference answer]" in p for p in prompts)
+    free = build_judge_reward(make_cfg("rubric_judge", judge_signal="pointwise"), make_context(cfg, tmp_path))
+    assert not any("[Reference" in p for p in free.judge_prompts(make_rollout()))
