@@ -90,6 +90,9 @@ class RewardConfig:
     wrong_reward: float = 0.0
     # added when the reply contains a well-formed `#### N` line (0 disables)
     format_bonus: float = 0.0
+    # the bonus (and the logged format_rate) counts only one `#### N` line that ends the reply, as in GSM8K solutions;
+    # false: a well-formed `#### N` anywhere (a reply may then ramble on, or answer twice, after it)
+    format_at_end: bool = True
     # judge/RM based rewards: path to a trained adapter or RM checkpoint (null: train first for lora_judge / bt_rm)
     checkpoint: Optional[str] = None
     # pointwise: judge score on the rubric scale; pairwise: win-probability against the dataset's reference answer

@@ -75,6 +75,16 @@ def extract_answer(text: str, mode: str) -> Optional[str]:
     return _strict(text) if mode == "strict" else _flexible(text)
 
 
+def answer_line_ends_reply(text: str) -> bool:
+    """Whether the reply has exactly one ``####`` and it is a well-formed (strict) ``#### N`` that ends the reply
+    (nothing after it but whitespace), as in a GSM8K solution: the model gave one answer and stopped."""
+    if text is None or str(text).count("####") != 1:
+        return False
+    text = str(text).rstrip().rstrip(".")
+    match = STRICT_RE.search(text)
+    return match is not None and match.end() == len(text) and _normalize(match.group(1)) is not None
+
+
 def reference_answer(answer_field: str) -> str:
     """The normalised final answer of a GSM8K reference solution (the text after its ``#### ``)."""
     if not isinstance(answer_field, str):

@@ -7,6 +7,7 @@ from helpers import FIXTURES
 from rlhf.eval.gsm8k import run_task
 from rlhf.evaluate import EvaluateConfig
 from rlhf.task.math_grading import (
+    answer_line_ends_reply,
     extract_answer,
     is_correct,
     reference_answer,
@@ -157,3 +158,31 @@ def test_run_task_reads_predictions_file():
     cfg.limit = 4  # rows 0-3: strict 2/4, flexible 3/4
     results, _ = run_task(cfg)
     assert (results["n"], results["em_strict"], results["em_flexible"]) == (4, 0.5, 0.75)
+
+
+@pytest.mark.parametrize("text,ends", [
+    ("3 + 4 = 7\n#### 7", True),
+    ("3 + 4 = 7\n#### 7.\n\n", True),           # a trailing period and whitespace still end it
+    ("#### 1,000", True),
+    ("3 + 4 = 7\n#### 7\nThe answer is 7.", False),  # rambles on after the answer line
+    ("#### 7\n#### 7", False),                   # answered twice
+    ("#### 7 apples", False),
+    ("####7", False),                            # not the harness's format
+    ("The answer is 7.", False),
+    ("", False),
+])
+def test_answer_line_ends_reply(text, ends):
+    assert answer_line_ends_reply(text) is ends
+
+
+def test_exact_match_format_bonus_at_end_or_anywhere():
+    from rlhf.config import RewardConfig
+    from rlhf.reward.exact_match import ExactMatchReward
+
+    meta = [{"answer": "3 + 4 = <<3+4=7>>7\n#### 7"}] * 4
+    replies = ["3 + 4 = 7\n#### 7", "#### 7\nThe answer is 7, or maybe 8", "#### 8", "7"]
+    at_end = ExactMatchReward(RewardConfig(mode="strict", format_bonus=0.5)).score_replies(meta, replies)
+    anywhere = ExactMatchReward(RewardConfig(mode="strict", format_bonus=0.5, format_at_end=False)).score_replies(
+        meta, replies)
+    assert at_end.tolist() == [1.5, 1.0, 0.5, 0.0]
+    assert anywhere.tolist() == [1.5, 1.5, 0.5, 0.0]
