@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -57,6 +58,7 @@ def fit_pairs(params: List[torch.nn.Parameter], rows: Sequence[Dict[str, Any]], 
     history: List[Dict[str, float]] = []
     every = max(1, cfg.train_steps // 10)
     bar = tqdm(total=cfg.train_steps, desc=f"train {desc}", leave=False, disable=None)
+    t0 = time.perf_counter()
     for step, idx in enumerate(batch_indices(len(rows), cfg.batch_size, cfg.train_steps, seed)):
         out = batch_loss([rows[i] for i in idx])
         opt.zero_grad(set_to_none=True)
@@ -68,10 +70,12 @@ def fit_pairs(params: List[torch.nn.Parameter], rows: Sequence[Dict[str, Any]], 
         history.append(m)
         sink(m, step)
         bar.update(1)
-        bar.set_postfix(loss=f"{m['loss']:.3f}", acc=f"{m.get('accuracy', float('nan')):.2f}")
+        acc = m.get("accuracy", m.get("verdict_accuracy", float("nan")))  # RM: pair order; judge: verdict token
+        bar.set_postfix(loss=f"{m['loss']:.3f}", acc=f"{acc:.2f}")
         if (step + 1) % every == 0 or step + 1 == cfg.train_steps:
-            log.info("%s step %d/%d: loss %.4f, pair accuracy %.3f", desc, step + 1, cfg.train_steps, m["loss"],
-                     m.get("accuracy", float("nan")))
+            elapsed = time.perf_counter() - t0
+            log.info("%s step %d/%d: loss %.4f, batch accuracy %.3f (%.0f s, ~%.0f s left)", desc, step + 1,
+                     cfg.train_steps, m["loss"], acc, elapsed, elapsed / (step + 1) * (cfg.train_steps - step - 1))
     bar.close()
     return history
 

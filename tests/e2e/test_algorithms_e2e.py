@@ -1,5 +1,6 @@
 """Every registered algorithm end to end through `python -m rlhf.train` on a tiny random model: plain backend with HF
-rollouts (one Hydra multirun over all of them), exact resume, ZeRO-2 with 2 CPU processes, and vLLM rollouts.
+rollouts (one Hydra multirun over all of them), exact resume, ZeRO-2 and ZeRO-3 with 2 CPU processes, and vLLM
+rollouts.
 
 The tiny random model earns reward 0 on every reply, so these runs check the machinery (metrics, checkpoints, resume,
 ranks, engine sync, DAPO's refill rounds, DPO's tie handling), not learning; the direction of learning of each
@@ -78,10 +79,11 @@ def test_every_algorithm_resumes_exactly(reference, tmp_path):
 
 
 @pytest.mark.distributed
+@pytest.mark.parametrize("stage", ["zero2", "zero3"])
 @pytest.mark.parametrize("name", ALGOS)
-def test_every_algorithm_runs_under_zero2_with_two_processes(tmp_path, name):
+def test_every_algorithm_runs_under_deepspeed_with_two_processes(tmp_path, name, stage):
     cmd = [PY, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}", "-m",
-           "rlhf.train", f"hydra.run.dir={tmp_path}", *TINY, *COMMON, f"algo={name}", "steps=1", "hardware=zero2"]
+           "rlhf.train", f"hydra.run.dir={tmp_path}", *TINY, *COMMON, f"algo={name}", "steps=1", f"hardware={stage}"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=400, env=child_env())
     assert proc.returncode == 0, proc.stderr[-4000:]
     rows = [r for r in metric_rows(tmp_path) if "reward_mean" in r]
