@@ -90,8 +90,9 @@ class RewardConfig:
     wrong_reward: float = 0.0
     # added when the reply contains a well-formed `#### N` line (0 disables)
     format_bonus: float = 0.0
-    # the bonus (and the logged format_rate) counts only one `#### N` line that ends the reply, as in GSM8K solutions;
-    # false: a well-formed `#### N` anywhere (a reply may then ramble on, or answer twice, after it)
+    # the bonus (and the logged format_rate) counts a `#### N` answer only when it is also the reply's last number (no
+    # other number after it), so strict and flexible extraction agree; false: a well-formed `#### N` anywhere (the
+    # reply may then go on computing after it, which breaks flexible EM)
     format_at_end: bool = True
     # judge/RM based rewards: path to a trained adapter or RM checkpoint (null: train first for lora_judge / bt_rm)
     checkpoint: Optional[str] = None

@@ -75,14 +75,12 @@ def extract_answer(text: str, mode: str) -> Optional[str]:
     return _strict(text) if mode == "strict" else _flexible(text)
 
 
-def answer_line_ends_reply(text: str) -> bool:
-    """Whether the reply has exactly one ``####`` and it is a well-formed (strict) ``#### N`` that ends the reply
-    (nothing after it but whitespace), as in a GSM8K solution: the model gave one answer and stopped."""
-    if text is None or str(text).count("####") != 1:
-        return False
-    text = str(text).rstrip().rstrip(".")
-    match = STRICT_RE.search(text)
-    return match is not None and match.end() == len(text) and _normalize(match.group(1)) is not None
+def answer_is_final(text: str) -> bool:
+    """Whether the reply's ``#### N`` answer (strict) is also its last number (flexible): nothing numeric follows the
+    answer line, so "#### 40. The answer is 40." counts and "#### 40 ... 25 + 3 = 28" does not. The reply states one
+    final answer, in the format, at the end; the two extractions then agree."""
+    strict = extract_answer(text, "strict")
+    return strict is not None and extract_answer(text, "flexible") == strict
 
 
 def reference_answer(answer_field: str) -> str:

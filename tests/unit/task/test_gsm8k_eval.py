@@ -7,7 +7,7 @@ from helpers import FIXTURES
 from rlhf.eval.gsm8k import run_task
 from rlhf.evaluate import EvaluateConfig
 from rlhf.task.math_grading import (
-    answer_line_ends_reply,
+    answer_is_final,
     extract_answer,
     is_correct,
     reference_answer,
@@ -162,17 +162,19 @@ def test_run_task_reads_predictions_file():
 
 @pytest.mark.parametrize("text,ends", [
     ("3 + 4 = 7\n#### 7", True),
-    ("3 + 4 = 7\n#### 7.\n\n", True),           # a trailing period and whitespace still end it
+    ("3 + 4 = 7\n#### 7.\n\n", True),           # a trailing period and whitespace
     ("#### 1,000", True),
-    ("3 + 4 = 7\n#### 7\nThe answer is 7.", False),  # rambles on after the answer line
-    ("#### 7\n#### 7", False),                   # answered twice
-    ("#### 7 apples", False),
+    ("3 + 4 = 7\n#### 7\nThe answer is 7.", True),  # words after it, no other number
+    ("#### 7\n#### 7", True),                    # the same answer twice
+    ("#### 7 apples", True),
+    ("#### 7\nThen 7 + 1 = 8 apples.", False),   # goes on computing: the last number is another one
+    ("#### 7\n#### 8", False),                   # two answers
     ("####7", False),                            # not the harness's format
     ("The answer is 7.", False),
     ("", False),
 ])
-def test_answer_line_ends_reply(text, ends):
-    assert answer_line_ends_reply(text) is ends
+def test_answer_is_final(text, ends):
+    assert answer_is_final(text) is ends
 
 
 def test_exact_match_format_bonus_at_end_or_anywhere():
@@ -180,7 +182,7 @@ def test_exact_match_format_bonus_at_end_or_anywhere():
     from rlhf.reward.exact_match import ExactMatchReward
 
     meta = [{"answer": "3 + 4 = <<3+4=7>>7\n#### 7"}] * 4
-    replies = ["3 + 4 = 7\n#### 7", "#### 7\nThe answer is 7, or maybe 8", "#### 8", "7"]
+    replies = ["3 + 4 = 7\n#### 7", "#### 7\nThe answer is 7, or maybe 8", "#### 8", "7"]  # 2nd: ends on 8
     at_end = ExactMatchReward(RewardConfig(mode="strict", format_bonus=0.5)).score_replies(meta, replies)
     anywhere = ExactMatchReward(RewardConfig(mode="strict", format_bonus=0.5, format_at_end=False)).score_replies(
         meta, replies)
