@@ -41,10 +41,10 @@ def test_valid_configs_compose_for_every_group_option():
 
 def test_pairwise_signal_refused_for_a_reference_guided_judge():
     """Comparing a reply with the reference the judge is already shown would let the reference judge itself."""
-    with pytest.raises(ConfigError, match=r"^reward\.judge_signal: pairwise .* judge\.reference=solution"):
+    with pytest.raises(ConfigError, match=r"^reward\.judge_signal: pairwise .* judge\.reference=answer"):
         to_config(compose_cfg("reward=lora_judge", "reward.judge_signal=pairwise"))
     cfg = to_config(compose_cfg("reward=lora_judge", "reward.judge_signal=pairwise", "judge.reference=none"))
     assert cfg.reward.judge_signal == "pairwise" and cfg.judge.reference == "none"
     headline = to_config(compose_cfg("reward=lora_judge", "algo=ppo"))
-    assert (headline.reward.judge_signal, headline.judge.reference) == ("pointwise", "solution")
+    assert (headline.reward.judge_signal, headline.judge.reference) == ("pointwise", "answer")
     assert to_config(compose_cfg("experiment=paper_lora_judge_ppo_7b")).judge.reference == "none"
