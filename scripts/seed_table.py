@@ -37,7 +37,8 @@ def job_row(job_dir: Path, seed: str) -> Dict[str, float]:
 
 
 def spread(xs: List[float]) -> str:
-    return f"{statistics.fmean(xs) + 0.0:+.1f}".replace("-0.0", "+0.0") + (f" ± {statistics.stdev(xs):.1f}" if len(xs) > 1 else "")
+    mean = f"{statistics.fmean(xs):+.1f}".replace("-0.0", "+0.0")
+    return mean + (f" ± {statistics.stdev(xs):.1f}" if len(xs) > 1 else "")
 
 
 def main(sweep: Path) -> str:

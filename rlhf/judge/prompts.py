@@ -212,7 +212,8 @@ class JudgePrompter:
         return turns
 
     def _build_template(self) -> None:
-        messages = [{"role": "system", "content": system_text(self.rubric, self.mode, self.reference)}] + self.demo_turns()
+        system = system_text(self.rubric, self.mode, self.reference)
+        messages = [{"role": "system", "content": system}] + self.demo_turns()
         rendered = render_chat(self.tok, messages + [{"role": "user", "content": SENTINEL}])
         if rendered.count(SENTINEL) != 1:
             raise ConfigError("judge: the chat template does not keep the item text intact")

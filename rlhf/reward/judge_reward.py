@@ -39,6 +39,7 @@ from rlhf.task.math_grading import is_correct, reference_solution
 
 log = logging.getLogger(__name__)
 
+
 def reference_text(meta: Dict[str, Any]) -> str:
     """What a pairwise judge compares a reply with: the task's reference reply, else the math reference solution."""
     return str(meta["reference"]) if meta.get("reference") else reference_solution(str(meta["answer"]))
