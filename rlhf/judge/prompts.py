@@ -82,10 +82,9 @@ def guided_request(prompt: str, row: Dict[str, Any], mode: str) -> str:
 
 def system_text(rubric: Rubric, mode: str, reference: str = "none") -> str:
     head = f"You are an impartial judge. Criteria: {rubric.criteria}."
-    if reference != "none":
-        what = "answer" if reference == "answer" else "solution"
-        head += (f" When the request is followed by a reference {what}, it is correct: a response whose final answer "
-                 f"differs from the reference {what}'s is wrong.")
+    if reference != "none":  # "answer" or "solution"
+        head += (f" When the request is followed by a reference {reference}, it is correct: a response whose final "
+                 f"answer differs from the reference {reference}'s is wrong.")
     if mode == "pairwise":
         return (f"{head} Compare two responses (A and B) to the user's request and decide which one is better by the "
                 "criteria. Position and length do not matter. Reply with 'Verdict: A' or 'Verdict: B'.")

@@ -32,17 +32,21 @@ from rlhf.judge.factory import (
     saved_scorer_in,
 )
 from rlhf.judge.io import MetricSink
-from rlhf.judge.prompts import guided_request
+from rlhf.judge.prompts import guided_request, reference_of
 from rlhf.reward.base import RewardOutput
 from rlhf.rollout.base import Rollout
-from rlhf.task.math_grading import is_correct, reference_solution
+from rlhf.task.math_grading import is_correct
 
 log = logging.getLogger(__name__)
 
 
 def reference_text(meta: Dict[str, Any]) -> str:
-    """What a pairwise judge compares a reply with: the task's reference reply, else the math reference solution."""
-    return str(meta["reference"]) if meta.get("reference") else reference_solution(str(meta["answer"]))
+    """What a pairwise judge compares a reply with: the task's reference reply, else the math reference solution (the
+    same text a judge.reference=solution judge is shown)."""
+    ref = reference_of(meta, "solution")
+    if ref is None:
+        raise ValueError("a pairwise judge needs a reference reply or answer for every prompt")
+    return ref
 
 
 def affine(signal: torch.Tensor, scale: float, shift: float) -> torch.Tensor:

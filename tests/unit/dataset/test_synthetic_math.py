@@ -21,7 +21,7 @@ from rlhf.dataset.synthetic_math import (
     split_of,
     worked_solution,
 )
-from rlhf.reward.judge_reward import reference_solution
+from rlhf.task.math_grading import reference_solution
 from rlhf.task.math_grading import extract_answer, reference_answer
 
 ALL_OPS = ["add", "sub", "mul", "div"]

@@ -22,9 +22,9 @@ from rlhf.reward.judge_reward import (
     JudgeReward,
     affine,
     build_judge_reward,
-    reference_solution,
 )
 from rlhf.rollout.base import Rollout
+from rlhf.task.math_grading import reference_solution
 
 PROMPTS = ["Add 2 and 3.", "Tom has 5 apples and eats 1. How many are left?"]
 RESPONSES = ["2 + 3 = 5.\n#### 5", "2 + 3 = 6.\n#### 6", "5 - 1 = 4.\n#### 4", "I can't help with that."]
