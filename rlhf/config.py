@@ -77,6 +77,9 @@ class DatasetConfig:
     max_number: int = 50
     system_prompt: Optional[str] = "Solve the problem. End your reply with a line '#### <answer>'."
     max_prompt_tokens: int = 256
+    # preference pairs a judge/RM trains on: this fraction of the train split has chosen and rejected swapped (a
+    # deterministic draw from dataset.seed), to test robust losses (reward.robust); held-out pairs stay clean
+    label_noise: float = 0.0
 
 
 # -------------------------------------------------------------------------------------------------------------- reward
@@ -101,6 +104,14 @@ class RewardConfig:
     # affine map applied to judge/RM scores before they become rewards
     scale: float = 1.0
     shift: float = 0.0
+    # bt_rm training loss against noisy preference labels (rlhf/judge/pair_losses.py): none = plain Bradley-Terry;
+    # r3m = per-pair l1-penalised outlier terms (a pair ranked below log((1-lam)/lam) gets gradient lam, not up to 1);
+    # adaptive = per-pair scale tau in [adaptive_tau_min, adaptive_tau_max] (KL-DRO radius adaptive_rho < log 2)
+    robust: str = "none"
+    r3m_lambda: float = 0.3
+    adaptive_rho: float = 0.1
+    adaptive_tau_min: float = 0.1
+    adaptive_tau_max: float = 4.0
 
 
 # --------------------------------------------------------------------------------------------------------------- judge
@@ -293,6 +304,7 @@ CHOICES = {
     "reward.name": ("exact_match", "bt_rm", "rubric_judge", "lora_judge"),
     "reward.mode": ("strict", "flexible"),
     "reward.judge_signal": ("pointwise", "pairwise"),
+    "reward.robust": ("none", "r3m", "adaptive"),
     "judge.mode": ("pairwise", "pointwise"),
     "judge.reference": ("none", "answer", "solution"),
     "hardware.device": ("cpu", "cuda", "auto"),
@@ -316,7 +328,7 @@ NON_NEGATIVE = [
     "generation.temperature", "generation.top_k", "max_train_seconds", "eval_every", "save_every", "num_eval",
     "hardware.num_threads", "reward.format_bonus", "seed", "dataset.seed", "judge.demo_seed",
 ]
-UNIT_INTERVAL = ["generation.top_p", "hardware.vllm_gpu_memory_utilization"]
+UNIT_INTERVAL = ["generation.top_p", "hardware.vllm_gpu_memory_utilization", "dataset.label_noise"]
 
 
 _ABSENT = object()
@@ -381,6 +393,8 @@ def config_errors(cfg: Any) -> List[str]:
             errors += cfg.algo.run_errors(cfg)
     if has("dataset"):
         errors += _dataset_errors(cfg.dataset)
+    if has("reward") and "reward.robust" not in bad_keys:
+        errors += _robust_errors(cfg.reward)
     if has("resume") and cfg.resume not in (None, "auto") and not str(cfg.resume).strip():
         errors.append("resume: empty string; use null, auto or a checkpoint path")
     if has("hardware") and cfg.hardware.dtype == "float16" and cfg.hardware.device == "cpu":
@@ -394,6 +408,24 @@ def config_errors(cfg: Any) -> List[str]:
         why = share_base_obstacle(cfg)
         if why:
             errors.append(f"judge.share_base: true is not possible here: {why}")
+    return errors
+
+
+def _robust_errors(r: "RewardConfig") -> List[str]:
+    """reward.robust and its keys: only a bt_rm trained in the run has a loss to make robust."""
+    errors = []
+    if not 0.0 < r.r3m_lambda < 1.0:
+        errors.append(f"reward.r3m_lambda: must be in (0, 1), got {r.r3m_lambda!r}")
+    if not 0.0 <= r.adaptive_rho < math.log(2.0):
+        errors.append(f"reward.adaptive_rho: must be in [0, log 2 = 0.693), got {r.adaptive_rho!r}")
+    if not 0.0 < r.adaptive_tau_min <= r.adaptive_tau_max:
+        errors.append(f"reward.adaptive_tau_min: need 0 < adaptive_tau_min <= adaptive_tau_max, got "
+                      f"{r.adaptive_tau_min!r}..{r.adaptive_tau_max!r}")
+    if r.robust != "none" and r.name != "bt_rm":
+        errors.append(f"reward.robust: {r.robust} is a bt_rm training loss; reward.name is {r.name}")
+    elif r.robust != "none" and r.checkpoint:
+        errors.append(f"reward.robust: {r.robust} changes how the RM is trained, but reward.checkpoint loads a trained "
+                      "one; drop one of them")
     return errors
 
 

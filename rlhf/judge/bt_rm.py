@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
@@ -27,6 +26,7 @@ from rlhf.judge.io import (
     write_json,
 )
 from rlhf.judge.lora_judge import attach_lora
+from rlhf.judge.pair_losses import bt_pair_loss
 from rlhf.judge.prompts import clip_ids
 from rlhf.model.load import load_causal_lm
 from rlhf.model.tensors import pad_sequences
@@ -42,7 +42,7 @@ BACKBONE = "backbone.safetensors"
 
 def bt_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, margin: float = 0.0) -> torch.Tensor:
     """Mean of -log sigmoid(r_c - r_r - margin)."""
-    return -F.logsigmoid(r_chosen - r_rejected - margin).mean()
+    return bt_pair_loss(r_chosen - r_rejected - margin)["loss"]
 
 
 def encode_response(tokenizer: Any, prompt: str, response: str, max_len: int) -> List[int]:
@@ -176,18 +176,22 @@ def load_reward_model(path: str | Path, model_cfg: Optional[ModelConfig] = None,
 
 
 def train_bt_rm(rm: RewardModel, rows: Sequence[Dict[str, Any]], cfg: JudgeConfig, seed: int = 0,
-                log_fn: Optional[Callable[[Dict[str, float], int], None]] = None) -> List[Dict[str, float]]:
-    """judge.train_steps AdamW steps of judge.batch_size pairs; returns the per-step metrics."""
+                log_fn: Optional[Callable[[Dict[str, float], int], None]] = None,
+                pair_loss: Optional[Callable[[torch.Tensor], Dict[str, torch.Tensor]]] = None) -> List[Dict[str, float]]:
+    """judge.train_steps AdamW steps of judge.batch_size pairs; returns the per-step metrics. ``pair_loss`` maps the
+    margins r_c - r_r - judge.margin to {"loss", ...} (rlhf.judge.pair_losses; default plain BT); its scalar extras
+    (R3M's outlier fraction, adaptive scaling's mean tau) are logged with the step."""
     rows, dropped = drop_identical_pairs(rows)
     sink = log_fn if log_fn is not None else MetricSink()
+    loss_of = pair_loss if pair_loss is not None else bt_pair_loss
 
     def batch_loss(batch: List[Dict[str, Any]]) -> Dict[str, torch.Tensor]:
         seqs = [rm.encode(r["prompt"], r["chosen"]) for r in batch] + [rm.encode(r["prompt"], r["rejected"])
                                                                       for r in batch]
         scores = rm.score_ids(seqs)
         r_c, r_r = scores[:len(batch)], scores[len(batch):]
-        return {"loss": bt_loss(r_c, r_r, cfg.margin), "accuracy": (r_c > r_r).float().mean(),
-                "reward_margin": (r_c - r_r).mean()}
+        out = {k: v for k, v in loss_of(r_c - r_r - cfg.margin).items() if v.dim() == 0}
+        return {**out, "accuracy": (r_c > r_r).float().mean(), "reward_margin": (r_c - r_r).mean()}
 
     rm.train()
     history = fit_pairs([p for p in rm.parameters() if p.requires_grad], rows, cfg, seed, batch_loss, sink, dropped,

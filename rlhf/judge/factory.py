@@ -7,6 +7,7 @@ RewardBench scoring) and is placed on the requested device.
 from __future__ import annotations
 
 import logging
+import random
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
@@ -31,6 +32,7 @@ from rlhf.judge.lora_judge import (
     save_lora_judge,
     train_lora_judge,
 )
+from rlhf.judge.pair_losses import pair_loss_fn
 from rlhf.judge.rubric_judge import build_rubric_judge
 from rlhf.model.device import resolve_device
 from rlhf.model.shared import AdapterView
@@ -47,13 +49,26 @@ def pair_source(dataset_cfg: Optional[DatasetConfig]) -> DatasetConfig:
         return dataset_cfg
     return DatasetConfig(name="synthetic_prefs", num_train=2000, num_test=300,
                          system_prompt=dataset_cfg.system_prompt if dataset_cfg is not None else
-                         DatasetConfig().system_prompt)
+                         DatasetConfig().system_prompt,
+                         label_noise=dataset_cfg.label_noise if dataset_cfg is not None else 0.0)
+
+
+def flip_labels(rows: Sequence[Dict[str, Any]], fraction: float, seed: int) -> List[Dict[str, Any]]:
+    """A copy of rows with chosen and rejected swapped on round(fraction * len(rows)) of them, drawn from ``seed``;
+    flipped rows carry ``label_flipped: True`` (dataset.label_noise: a controlled corruption of the training labels)."""
+    rows = [dict(r) for r in rows]
+    n = round(fraction * len(rows))
+    for i in random.Random(f"label_noise|{seed}").sample(range(len(rows)), n):
+        r = rows[i]
+        r["chosen"], r["rejected"], r["label_flipped"] = r["rejected"], r["chosen"], True
+    return rows
 
 
 def training_pairs(dataset_cfg: Optional[DatasetConfig], seed: int = 0) -> List[Dict[str, Any]]:
-    """The train split of pair_source(dataset_cfg)."""
+    """The train split of pair_source(dataset_cfg), with dataset.label_noise of its labels flipped."""
     cfg = pair_source(dataset_cfg)
-    return pref_rows(cfg, "train")[: cfg.num_train]
+    rows = pref_rows(cfg, "train")[: cfg.num_train]
+    return flip_labels(rows, cfg.label_noise, cfg.seed) if cfg.label_noise > 0 else rows
 
 
 def heldout_pairs(dataset_cfg: Optional[DatasetConfig], n: int) -> List[Dict[str, Any]]:
@@ -123,7 +138,9 @@ def build_pair_scorer(reward_cfg: RewardConfig, judge_cfg: JudgeConfig, model_cf
     if ckpt:
         return load_reward_model(ckpt, model_cfg, dtype).to(device)
     rm = build_reward_model(model_cfg, judge_cfg, dtype=dtype, seed=seed).to(device)
-    train_bt_rm(rm, training_pairs(dataset_cfg, seed), judge_cfg, seed, log_fn)
+    train_bt_rm(rm, training_pairs(dataset_cfg, seed), judge_cfg, seed, log_fn,
+                pair_loss=pair_loss_fn(reward_cfg.robust, reward_cfg.r3m_lambda, reward_cfg.adaptive_rho,
+                                       reward_cfg.adaptive_tau_min, reward_cfg.adaptive_tau_max))
     if train_dir is not None:
         rm.save(train_dir, model_cfg, judge_cfg.lora)
     for p in rm.parameters():

@@ -48,3 +48,22 @@ def test_pairwise_signal_refused_for_a_reference_guided_judge():
     headline = to_config(compose_cfg("reward=lora_judge", "algo=ppo"))
     assert (headline.reward.judge_signal, headline.judge.reference) == ("pointwise", "answer")
     assert to_config(compose_cfg("experiment=paper_lora_judge_ppo_7b")).judge.reference == "none"
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (["reward.robust=r3m"], r"^reward\.robust: r3m is a bt_rm training loss; reward\.name is exact_match"),
+    (["reward=bt_rm", "reward.robust=huber"], r"^reward\.robust: 'huber' is not one of"),
+    (["reward=bt_rm", "reward.robust=r3m", "reward.checkpoint=some/dir"], r"^reward\.robust: r3m changes how"),
+    (["reward=bt_rm", "reward.r3m_lambda=1.0"], r"^reward\.r3m_lambda: must be in \(0, 1\)"),
+    (["reward=bt_rm", "reward.adaptive_rho=0.7"], r"^reward\.adaptive_rho: must be in \[0, log 2"),
+    (["reward=bt_rm", "reward.adaptive_tau_min=2", "reward.adaptive_tau_max=1"], r"^reward\.adaptive_tau_min: need"),
+    (["dataset.label_noise=1.5"], r"^dataset\.label_noise: must be in \[0, 1\]"),
+])
+def test_robust_reward_keys_are_checked_at_start_up(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        to_config(compose_cfg(*overrides))
+
+
+def test_robust_bt_options_compose():
+    cfg = to_config(compose_cfg("reward=bt_rm", "reward.robust=adaptive", "dataset.label_noise=0.2"))
+    assert (cfg.reward.robust, cfg.dataset.label_noise) == ("adaptive", 0.2)

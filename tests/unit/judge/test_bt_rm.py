@@ -98,3 +98,35 @@ def test_save_load_roundtrip_atomic(tmp_path, lora):
     prompts, resp = ["Add 2 and 3.", "Hi"], ["2 + 3 = 5.\n#### 5", "I can't help with that."]
     assert torch.allclose(rm.score(prompts, resp), loaded.score(prompts, resp), atol=1e-5)
     assert not any(p.requires_grad for p in loaded.parameters())
+
+
+@pytest.mark.parametrize("robust,extra", [("r3m", "outlier_fraction"), ("adaptive", "tau_mean")])
+def test_robust_losses_train_the_rm_and_log_their_variable(robust, extra):
+    from rlhf.judge.pair_losses import pair_loss_fn
+
+    cfg = JudgeConfig(max_len=64, train_steps=10, batch_size=8, lr=5e-3)
+    rm = build_reward_model(TINY, cfg, seed=0)
+    hist = train_bt_rm(rm, _refusal_pairs("train", 60), cfg, seed=0, pair_loss=pair_loss_fn(robust))
+    assert all(extra in h for h in hist)
+    test = _refusal_pairs("test", 60)
+    sc, sr = rm.score_pairs([r["prompt"] for r in test], [r["chosen"] for r in test], [r["rejected"] for r in test])
+    assert sum(c > r for c, r in zip(sc, sr)) / len(sc) >= 0.75
+
+
+def test_flip_labels_swaps_an_exact_seeded_fraction():
+    from rlhf.judge.factory import flip_labels, training_pairs
+
+    rows = [{"prompt": str(i), "chosen": f"c{i}", "rejected": f"r{i}"} for i in range(50)]
+    out = flip_labels(rows, 0.2, seed=3)
+    flipped = [r for r in out if r.get("label_flipped")]
+    assert len(flipped) == 10 and all(r["chosen"].startswith("r") for r in flipped)
+    assert all(r["chosen"].startswith("c") for r in out if not r.get("label_flipped"))
+    assert rows[0] == {"prompt": "0", "chosen": "c0", "rejected": "r0"}  # input untouched
+    assert flip_labels(rows, 0.2, seed=3) == out and flip_labels(rows, 0.2, seed=4) != out
+    # dataset.label_noise reaches the train split only; the held-out pairs stay clean
+    noisy = training_pairs(DatasetConfig(name="synthetic_prefs", num_train=40, num_test=10, label_noise=0.25))
+    clean = training_pairs(DatasetConfig(name="synthetic_prefs", num_train=40, num_test=10))
+    assert sum(a != b for a, b in zip(noisy, clean)) == 10
+    # a math run's judge trains on synthetic_prefs and keeps the run's label_noise
+    via_math = training_pairs(DatasetConfig(name="synthetic_math", label_noise=0.1))
+    assert sum(bool(r.get("label_flipped")) for r in via_math) == round(0.1 * len(via_math))
