@@ -151,6 +151,10 @@ class JudgeConfig:
     # adapters off or the full-FT reference copy; lora: a second adapter next to the actor's) instead of a second copy.
     # null: whenever possible; true: required (start-up error if not possible); false: always a separate copy
     share_base: Optional[bool] = None
+    # judge hardening ("One Token to Fool LLM-as-a-Judge"): add this fraction of extra training pairs whose rejected
+    # reply is a content-free "master key" (rlhf/judge/master_keys.py HARDENING_KEYS: punctuation, bare openers) for a
+    # lora_judge / bt_rm trained in the run (0: off); task=judge_robustness probes with a disjoint key list
+    master_key_negatives: float = 0.0
     # demonstration pool: JSONL with prompt/chosen/rejected (null: the synthetic_prefs train split)
     demo_path: Optional[str] = None
     rationale_max_new_tokens: int = 48
@@ -328,7 +332,8 @@ NON_NEGATIVE = [
     "generation.temperature", "generation.top_k", "max_train_seconds", "eval_every", "save_every", "num_eval",
     "hardware.num_threads", "reward.format_bonus", "seed", "dataset.seed", "judge.demo_seed",
 ]
-UNIT_INTERVAL = ["generation.top_p", "hardware.vllm_gpu_memory_utilization", "dataset.label_noise"]
+UNIT_INTERVAL = ["generation.top_p", "hardware.vllm_gpu_memory_utilization", "dataset.label_noise",
+                 "judge.master_key_negatives"]
 
 
 _ABSENT = object()

@@ -7,6 +7,7 @@ File-based (score results produced anywhere, with the same code the trainer uses
 Model-based (generate or score with a model from the config groups):
   task=gsm8k model=... dataset=synthetic_math checkpoint=DIR  greedy EM on the test split
   task=rewardbench reward=rubric_judge dataset=rewardbench    score pairs with a judge/RM, then weight
+  task=judge_robustness reward=... limit=60                  master-key replies vs real ones: false-positive rates
 Bad input (a missing key, a bad value, an input file that is missing, empty or malformed, scores that are not finite
 numbers) is refused before anything is written: one `error: <key>: ...` line per problem on stderr, exit status 2.
 """
@@ -47,6 +48,7 @@ TASKS = {
     "gsm8k": "rlhf.eval.gsm8k:run_task",
     "rewardbench": "rlhf.eval.rewardbench:run_task",
     "preference": "rlhf.eval.rewardbench:run_preference_task",
+    "judge_robustness": "rlhf.eval.judge_robustness:run_task",
 }
 
 
@@ -117,6 +119,12 @@ def _mode_errors(cfg: EvaluateConfig) -> List[str]:
     """The task needs its file, or a model mode it can run; a file the task does not read is an error, not ignored."""
     errors: List[str] = []
     task = cfg.task
+    if task == "judge_robustness":  # model mode only: the reward source under test scores generated probes
+        errors += [f"{key}: task={task} reads no file; it scores master-key replies with reward={cfg.reward.name}"
+                   for key in ("predictions", "scores") if getattr(cfg, key) is not None]
+        if cfg.checkpoint is not None and cfg.reward.name not in ("lora_judge", "bt_rm"):
+            errors.append(f"checkpoint: reward={cfg.reward.name} loads no trained judge/RM; drop checkpoint")
+        return errors
     wanted = INPUT_KEY[task]
     other = "scores" if wanted == "predictions" else "predictions"
     if getattr(cfg, other) is not None:

@@ -32,6 +32,7 @@ from rlhf.judge.lora_judge import (
     save_lora_judge,
     train_lora_judge,
 )
+from rlhf.judge.master_keys import with_master_key_negatives
 from rlhf.judge.pair_losses import pair_loss_fn
 from rlhf.judge.rubric_judge import build_rubric_judge
 from rlhf.model.device import resolve_device
@@ -69,6 +70,15 @@ def training_pairs(dataset_cfg: Optional[DatasetConfig], seed: int = 0) -> List[
     cfg = pair_source(dataset_cfg)
     rows = pref_rows(cfg, "train")[: cfg.num_train]
     return flip_labels(rows, cfg.label_noise, cfg.seed) if cfg.label_noise > 0 else rows
+
+
+def judge_training_pairs(dataset_cfg: Optional[DatasetConfig], judge_cfg: JudgeConfig,
+                         seed: int = 0) -> List[Dict[str, Any]]:
+    """training_pairs plus the judge.master_key_negatives hardening pairs."""
+    rows = training_pairs(dataset_cfg, seed)
+    if judge_cfg.master_key_negatives > 0:
+        rows = with_master_key_negatives(rows, judge_cfg.master_key_negatives, seed)
+    return rows
 
 
 def heldout_pairs(dataset_cfg: Optional[DatasetConfig], n: int) -> List[Dict[str, Any]]:
@@ -131,14 +141,14 @@ def build_pair_scorer(reward_cfg: RewardConfig, judge_cfg: JudgeConfig, model_cf
             return judge
         judge = build_lora_judge(model_cfg, judge_cfg, device, dtype, seed, dataset_cfg, share_with=share_with,
                                  tokenizer=tokenizer)
-        train_lora_judge(judge, training_pairs(dataset_cfg, seed), judge_cfg, seed, log_fn)
+        train_lora_judge(judge, judge_training_pairs(dataset_cfg, judge_cfg, seed), judge_cfg, seed, log_fn)
         if train_dir is not None:
             save_lora_judge(judge, train_dir, model_cfg)
         return judge
     if ckpt:
         return load_reward_model(ckpt, model_cfg, dtype).to(device)
     rm = build_reward_model(model_cfg, judge_cfg, dtype=dtype, seed=seed).to(device)
-    train_bt_rm(rm, training_pairs(dataset_cfg, seed), judge_cfg, seed, log_fn,
+    train_bt_rm(rm, judge_training_pairs(dataset_cfg, judge_cfg, seed), judge_cfg, seed, log_fn,
                 pair_loss=pair_loss_fn(reward_cfg.robust, reward_cfg.r3m_lambda, reward_cfg.adaptive_rho,
                                        reward_cfg.adaptive_tau_min, reward_cfg.adaptive_tau_max))
     if train_dir is not None:
