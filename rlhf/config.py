@@ -85,7 +85,7 @@ class DatasetConfig:
 # -------------------------------------------------------------------------------------------------------------- reward
 @dataclass
 class RewardConfig:
-    # exact_match | bt_rm | rubric_judge | lora_judge
+    # exact_match | bt_rm | rubric_judge | lora_judge | self_reward
     name: str = "exact_match"
     # exact_match: strict (`#### N`) or flexible (last number in the reply)
     mode: str = "flexible"
@@ -97,13 +97,16 @@ class RewardConfig:
     # other number after it), so strict and flexible extraction agree; false: a well-formed `#### N` anywhere (the
     # reply may then go on computing after it, which breaks flexible EM)
     format_at_end: bool = True
-    # judge/RM based rewards: path to a trained adapter or RM checkpoint (null: train first for lora_judge / bt_rm)
+    # judge/RM based rewards: path to a trained adapter or RM checkpoint (null: train first for lora_judge / bt_rm);
+    # self_reward: the SFT model (a LoRA adapter dir or a full model dir from `python -m rlhf.sft`; null: SFT first)
     checkpoint: Optional[str] = None
     # pointwise: judge score on the rubric scale; pairwise: win-probability against the dataset's reference answer
     judge_signal: str = "pointwise"
     # affine map applied to judge/RM scores before they become rewards
     scale: float = 1.0
     shift: float = 0.0
+    # self_reward: divide log pi_SFT(y|x) - log pi_base(y|x) by the reply's token count (false: the sequence sum)
+    length_normalize: bool = False
     # bt_rm training loss against noisy preference labels (rlhf/judge/pair_losses.py): none = plain Bradley-Terry;
     # r3m = per-pair l1-penalised outlier terms (a pair ranked below log((1-lam)/lam) gets gradient lam, not up to 1);
     # adaptive = per-pair scale tau in [adaptive_tau_min, adaptive_tau_max] (KL-DRO radius adaptive_rho < log 2)
@@ -269,6 +272,24 @@ class LoggingConfig:
 
 # ----------------------------------------------------------------------------------------------------------------- top
 @dataclass
+class SFTConfig:
+    """Supervised fine-tuning on demonstrations (`python -m rlhf.sft`, and reward=self_reward's pi_SFT when
+    reward.checkpoint is null): math tasks train on the reference worked solutions, chat tasks on the reference
+    replies, of the dataset's train split."""
+
+    steps: int = 40
+    batch_size: int = 8
+    lr: float = 1.0e-3
+    # true: a LoRA adapter (model.lora's rank, alpha, targets) on the base; false: full fine-tuning
+    lora: bool = True
+    # demonstrations drawn from the train split (0: all of dataset.num_train)
+    num_train: int = 0
+    # held-out demonstrations (test split) whose response NLL is reported before and after (0: skip)
+    num_eval: int = 64
+    max_len: int = 384
+
+
+@dataclass
 class Config:
     model: ModelConfig = MISSING
     dataset: DatasetConfig = MISSING
@@ -278,6 +299,7 @@ class Config:
     hardware: HardwareConfig = MISSING
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
     seed: int = 0
     steps: int = 10
     # wall-clock budget of the training loop in seconds (0: none): stop after the step that reaches it, even before
@@ -305,7 +327,7 @@ CHOICES = {
     "model.source": ("embedded", "hf", "tiny_random"),
     "dataset.name": ("synthetic_math", "gsm8k", "synthetic_chat", "synthetic_prefs", "hh_rlhf", "hh_rationales",
                      "rewardbench"),
-    "reward.name": ("exact_match", "bt_rm", "rubric_judge", "lora_judge"),
+    "reward.name": ("exact_match", "bt_rm", "rubric_judge", "lora_judge", "self_reward"),
     "reward.mode": ("strict", "flexible"),
     "reward.judge_signal": ("pointwise", "pairwise"),
     "reward.robust": ("none", "r3m", "adaptive"),
@@ -321,7 +343,7 @@ CHOICES = {
 POSITIVE = [
     "model.lora.r", "model.lora.alpha", "dataset.num_train", "dataset.num_test", "dataset.max_prompt_tokens",
     "judge.max_len", "judge.train_steps", "judge.batch_size", "judge.lr", "judge.eval_batch_size",
-    "judge.rationale_max_new_tokens",
+    "judge.rationale_max_new_tokens", "sft.steps", "sft.batch_size", "sft.lr", "sft.max_len",
     "generation.max_new_tokens", "generation.eval_batch_size",
     "generation.eval_max_new_tokens", "steps", "keep_checkpoints", "max_bad_steps", "hardware.vllm_sync_timeout_s",
     "hardware.dist_timeout_s", "model.tiny.hidden_size", "model.tiny.intermediate_size", "model.tiny.num_hidden_layers",
@@ -331,6 +353,7 @@ NON_NEGATIVE = [
     "model.lora.dropout", "judge.num_demos", "judge.margin", "judge.lora_layers", "judge.heldout_pairs",
     "generation.temperature", "generation.top_k", "max_train_seconds", "eval_every", "save_every", "num_eval",
     "hardware.num_threads", "reward.format_bonus", "seed", "dataset.seed", "judge.demo_seed",
+    "sft.num_train", "sft.num_eval",
 ]
 UNIT_INTERVAL = ["generation.top_p", "hardware.vllm_gpu_memory_utilization", "dataset.label_noise",
                  "judge.master_key_negatives"]

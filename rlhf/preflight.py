@@ -81,6 +81,23 @@ def dataset_errors(cfg: Config) -> List[str]:
     return errors
 
 
+def self_reward_errors(cfg: Config) -> List[str]:
+    """reward=self_reward with a checkpoint: a `python -m rlhf.sft` output (a LoRA adapter or a full model dir in
+    safetensors; pickled weights are refused)."""
+    if cfg.reward.name != "self_reward" or not cfg.reward.checkpoint:
+        return []
+    path = Path(cfg.reward.checkpoint).expanduser()
+    if not path.is_dir():
+        return [f"reward.checkpoint: {path} does not exist"]
+    if not any((path / f).is_file() for f in ("adapter_config.json", "config.json")):
+        return [f"reward.checkpoint: {path} has no adapter_config.json or config.json (not a `python -m rlhf.sft` "
+                "output: a LoRA adapter or a full model dir)"]
+    weights = sorted(path.rglob("*.safetensors"))
+    if not weights:
+        return [f"reward.checkpoint: {path} has no .safetensors weights (pickled weights are not loaded)"]
+    return safetensors_errors(weights, "reward.checkpoint")
+
+
 def judge_errors(cfg: Config) -> List[str]:
     if cfg.reward.name not in JUDGE_REWARDS + ("bt_rm",):
         return []
@@ -130,6 +147,6 @@ def input_errors(cfg: Config) -> List[str]:
     errors = algo_name_errors(cfg.algo) + config_errors(cfg)
     if errors:  # file checks on top of impossible values would mostly repeat them
         return errors
-    for check in (model_errors, dataset_errors, judge_errors, resume_errors):
+    for check in (model_errors, dataset_errors, judge_errors, self_reward_errors, resume_errors):
         errors += check(cfg)
     return errors

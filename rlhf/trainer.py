@@ -81,8 +81,9 @@ class Trainer:
                            actor_model=self.policy.model, reference_model=self.policy.ref_model,
                            log=self.logger.log)
         self.reward = build_reward(cfg, ctx)
-        trains = cfg.reward.name in ("lora_judge", "bt_rm") and not cfg.reward.checkpoint
-        self.phases[f"reward {cfg.reward.name}" + (" (judge/RM training)" if trains else "")] = \
+        trains = cfg.reward.name in ("lora_judge", "bt_rm", "self_reward") and not cfg.reward.checkpoint
+        what = "SFT" if cfg.reward.name == "self_reward" else "judge/RM"
+        self.phases[f"reward {cfg.reward.name}" + (f" ({what} training)" if trains else "")] = \
             time.perf_counter() - t_reward
         self.step, self.bad_steps = 0, 0
         self.evals: Dict[str, Any] = {}

@@ -14,6 +14,7 @@ from rlhf.report.logger import read_metrics  # noqa: E402
 
 PANELS = [
     ("reward_mean", "reward (mean)"),
+    ("sft/loss", "SFT loss (reply NLL per token)"),
     ("em_flexible", "batch EM (flexible)"),
     ("reward/format_rate", "batch format rate (#### N line)"),
     ("kl", "KL to reference (per sequence)"),
