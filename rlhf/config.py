@@ -107,6 +107,11 @@ class RewardConfig:
     shift: float = 0.0
     # self_reward: divide log pi_SFT(y|x) - log pi_base(y|x) by the reply's token count (false: the sequence sum)
     length_normalize: bool = False
+    # bt_rm: K >= 2 trains an ensemble of K LoRA reward heads on one base (0 or 1: a single RM); the reward is the
+    # members' mean (ensemble_agg=mean) or the lower confidence bound mean - ensemble_lcb_beta * std (lcb)
+    ensemble: int = 0
+    ensemble_agg: str = "mean"
+    ensemble_lcb_beta: float = 1.0
     # bt_rm training loss against noisy preference labels (rlhf/judge/pair_losses.py): none = plain Bradley-Terry;
     # r3m = per-pair l1-penalised outlier terms (a pair ranked below log((1-lam)/lam) gets gradient lam, not up to 1);
     # adaptive = per-pair scale tau in [adaptive_tau_min, adaptive_tau_max] (KL-DRO radius adaptive_rho < log 2)
@@ -331,6 +336,7 @@ CHOICES = {
     "reward.mode": ("strict", "flexible"),
     "reward.judge_signal": ("pointwise", "pairwise"),
     "reward.robust": ("none", "r3m", "adaptive"),
+    "reward.ensemble_agg": ("mean", "lcb"),
     "judge.mode": ("pairwise", "pointwise"),
     "judge.reference": ("none", "answer", "solution"),
     "hardware.device": ("cpu", "cuda", "auto"),
@@ -353,7 +359,7 @@ NON_NEGATIVE = [
     "model.lora.dropout", "judge.num_demos", "judge.margin", "judge.lora_layers", "judge.heldout_pairs",
     "generation.temperature", "generation.top_k", "max_train_seconds", "eval_every", "save_every", "num_eval",
     "hardware.num_threads", "reward.format_bonus", "seed", "dataset.seed", "judge.demo_seed",
-    "sft.num_train", "sft.num_eval",
+    "sft.num_train", "sft.num_eval", "reward.ensemble", "reward.ensemble_lcb_beta",
 ]
 UNIT_INTERVAL = ["generation.top_p", "hardware.vllm_gpu_memory_utilization", "dataset.label_noise",
                  "judge.master_key_negatives"]
@@ -432,6 +438,9 @@ def config_errors(cfg: Any) -> List[str]:
         errors.append(f"reward.judge_signal: pairwise compares each reply with the reference, which "
                       f"judge.reference={cfg.judge.reference} already shows the judge (the reference would judge "
                       f"itself); use reward.judge_signal=pointwise or judge.reference=none")
+    if has("judge") and has("reward") and cfg.reward.ensemble > 1 and not cfg.judge.lora.enabled:
+        errors.append("reward.ensemble: the members are LoRA adapters on one base; judge.lora.enabled=false would "
+                      "need K full copies")
     if has("judge") and has("reward") and has("algo") and cfg.judge.share_base:
         why = share_base_obstacle(cfg)
         if why:
@@ -449,7 +458,9 @@ def _robust_errors(r: "RewardConfig") -> List[str]:
     if not 0.0 < r.adaptive_tau_min <= r.adaptive_tau_max:
         errors.append(f"reward.adaptive_tau_min: need 0 < adaptive_tau_min <= adaptive_tau_max, got "
                       f"{r.adaptive_tau_min!r}..{r.adaptive_tau_max!r}")
-    if r.robust != "none" and r.name != "bt_rm":
+    if r.ensemble > 1 and r.name not in ("bt_rm", "routed"):
+        errors.append(f"reward.ensemble: an ensemble of reward heads is a bt_rm option; reward.name is {r.name}")
+    if r.robust != "none" and r.name not in ("bt_rm", "routed"):
         errors.append(f"reward.robust: {r.robust} is a bt_rm training loss; reward.name is {r.name}")
     elif r.robust != "none" and r.checkpoint:
         errors.append(f"reward.robust: {r.robust} changes how the RM is trained, but reward.checkpoint loads a trained "

@@ -6,6 +6,7 @@ RewardBench scoring) and is placed on the requested device.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 from dataclasses import replace
@@ -34,6 +35,7 @@ from rlhf.judge.lora_judge import (
 )
 from rlhf.judge.master_keys import with_master_key_negatives
 from rlhf.judge.pair_losses import pair_loss_fn
+from rlhf.judge.rm_ensemble import RMEnsemble, build_rm_ensemble, load_rm_ensemble
 from rlhf.judge.rubric_judge import build_rubric_judge
 from rlhf.model.device import resolve_device
 from rlhf.model.shared import AdapterView
@@ -146,16 +148,41 @@ def build_pair_scorer(reward_cfg: RewardConfig, judge_cfg: JudgeConfig, model_cf
             save_lora_judge(judge, train_dir, model_cfg)
         return judge
     if ckpt:
+        if int(json.loads((Path(ckpt) / RM_META).read_text()).get("ensemble", 0)) > 1:
+            return load_rm_ensemble(ckpt, model_cfg, dtype, reward_cfg.ensemble_agg,
+                                    reward_cfg.ensemble_lcb_beta).to(device)
         return load_reward_model(ckpt, model_cfg, dtype).to(device)
+    loss = pair_loss_fn(reward_cfg.robust, reward_cfg.r3m_lambda, reward_cfg.adaptive_rho,
+                        reward_cfg.adaptive_tau_min, reward_cfg.adaptive_tau_max)
+    rows = judge_training_pairs(dataset_cfg, judge_cfg, seed)
+    if reward_cfg.ensemble > 1:
+        return train_rm_ensemble(reward_cfg, judge_cfg, model_cfg, rows, loss, device, dtype, seed, train_dir, log_fn)
     rm = build_reward_model(model_cfg, judge_cfg, dtype=dtype, seed=seed).to(device)
-    train_bt_rm(rm, judge_training_pairs(dataset_cfg, judge_cfg, seed), judge_cfg, seed, log_fn,
-                pair_loss=pair_loss_fn(reward_cfg.robust, reward_cfg.r3m_lambda, reward_cfg.adaptive_rho,
-                                       reward_cfg.adaptive_tau_min, reward_cfg.adaptive_tau_max))
+    train_bt_rm(rm, rows, judge_cfg, seed, log_fn, pair_loss=loss)
     if train_dir is not None:
         rm.save(train_dir, model_cfg, judge_cfg.lora)
     for p in rm.parameters():
         p.requires_grad_(False)
     return rm
+
+
+def train_rm_ensemble(reward_cfg: RewardConfig, judge_cfg: JudgeConfig, model_cfg: ModelConfig,
+                      rows: List[Dict[str, Any]], loss: Callable, device: torch.device, dtype: str, seed: int,
+                      train_dir: Optional[Path], log_fn: Optional[Callable[..., None]]) -> RMEnsemble:
+    """reward.ensemble members trained one after another on the same pairs (member k: seed + k for its init and
+    batch order); their metrics carry ``member`` and count steps on one axis (member k: k * train_steps + step)."""
+    ens = build_rm_ensemble(model_cfg, judge_cfg, reward_cfg.ensemble, reward_cfg.ensemble_agg,
+                            reward_cfg.ensemble_lcb_beta, dtype, seed).to(device)
+    for k in range(reward_cfg.ensemble):
+        sink = None if log_fn is None else (
+            lambda m, s, k=k: log_fn({**m, "member": float(k)}, k * judge_cfg.train_steps + s))
+        log.info("bt_rm ensemble: training member %d/%d", k + 1, reward_cfg.ensemble)
+        with ens.member(k) as member:
+            train_bt_rm(member, rows, judge_cfg, seed + k, sink, pair_loss=loss)
+    ens.eval()
+    if train_dir is not None:
+        ens.save(train_dir, model_cfg, judge_cfg.lora)
+    return ens
 
 
 def judge_cfg_for_signal(judge_cfg: JudgeConfig, signal: str) -> JudgeConfig:
