@@ -107,6 +107,14 @@ class RewardConfig:
     shift: float = 0.0
     # self_reward: divide log pi_SFT(y|x) - log pi_base(y|x) by the reply's token count (false: the sequence sum)
     length_normalize: bool = False
+    # routed: the pairwise judge asked about the RM's most uncertain pairs (rubric_judge | lora_judge), its trained
+    # adapter (null: a rubric judge needs none; a lora_judge is trained first), the fraction of each batch's pairs it
+    # may be asked about, and how pairs are picked: margin (RM preference nearest 1/2), ensemble (disagreement of the
+    # reward.ensemble heads), random (the baseline at the same budget)
+    route_judge: str = "rubric_judge"
+    judge_checkpoint: Optional[str] = None
+    route_budget: float = 0.25
+    route_by: str = "margin"
     # bt_rm: K >= 2 trains an ensemble of K LoRA reward heads on one base (0 or 1: a single RM); the reward is the
     # members' mean (ensemble_agg=mean) or the lower confidence bound mean - ensemble_lcb_beta * std (lcb)
     ensemble: int = 0
@@ -332,7 +340,9 @@ CHOICES = {
     "model.source": ("embedded", "hf", "tiny_random"),
     "dataset.name": ("synthetic_math", "gsm8k", "synthetic_chat", "synthetic_prefs", "hh_rlhf", "hh_rationales",
                      "rewardbench"),
-    "reward.name": ("exact_match", "bt_rm", "rubric_judge", "lora_judge", "self_reward"),
+    "reward.name": ("exact_match", "bt_rm", "rubric_judge", "lora_judge", "self_reward", "routed"),
+    "reward.route_judge": ("rubric_judge", "lora_judge"),
+    "reward.route_by": ("margin", "ensemble", "random"),
     "reward.mode": ("strict", "flexible"),
     "reward.judge_signal": ("pointwise", "pairwise"),
     "reward.robust": ("none", "r3m", "adaptive"),
@@ -361,7 +371,7 @@ NON_NEGATIVE = [
     "hardware.num_threads", "reward.format_bonus", "seed", "dataset.seed", "judge.demo_seed",
     "sft.num_train", "sft.num_eval", "reward.ensemble", "reward.ensemble_lcb_beta",
 ]
-UNIT_INTERVAL = ["generation.top_p", "hardware.vllm_gpu_memory_utilization", "dataset.label_noise",
+UNIT_INTERVAL = ["generation.top_p", "hardware.vllm_gpu_memory_utilization", "dataset.label_noise", "reward.route_budget",
                  "judge.master_key_negatives"]
 
 
@@ -438,6 +448,10 @@ def config_errors(cfg: Any) -> List[str]:
         errors.append(f"reward.judge_signal: pairwise compares each reply with the reference, which "
                       f"judge.reference={cfg.judge.reference} already shows the judge (the reference would judge "
                       f"itself); use reward.judge_signal=pointwise or judge.reference=none")
+    if (has("reward") and has("algo") and cfg.reward.name == "routed"
+            and getattr(cfg.algo, "samples_per_prompt", 1) < 2):
+        errors.append(f"reward.name: routed compares replies to the same prompt in pairs; "
+                      f"algo.samples_per_prompt={getattr(cfg.algo, 'samples_per_prompt', 1)} needs to be >= 2")
     if has("judge") and has("reward") and cfg.reward.ensemble > 1 and not cfg.judge.lora.enabled:
         errors.append("reward.ensemble: the members are LoRA adapters on one base; judge.lora.enabled=false would "
                       "need K full copies")
@@ -458,6 +472,9 @@ def _robust_errors(r: "RewardConfig") -> List[str]:
     if not 0.0 < r.adaptive_tau_min <= r.adaptive_tau_max:
         errors.append(f"reward.adaptive_tau_min: need 0 < adaptive_tau_min <= adaptive_tau_max, got "
                       f"{r.adaptive_tau_min!r}..{r.adaptive_tau_max!r}")
+    if r.name == "routed" and r.route_by == "ensemble" and r.ensemble < 2:
+        errors.append(f"reward.route_by: ensemble routing reads the disagreement of reward.ensemble >= 2 heads; "
+                      f"reward.ensemble is {r.ensemble}")
     if r.ensemble > 1 and r.name not in ("bt_rm", "routed"):
         errors.append(f"reward.ensemble: an ensemble of reward heads is a bt_rm option; reward.name is {r.name}")
     if r.robust != "none" and r.name not in ("bt_rm", "routed"):

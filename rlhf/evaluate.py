@@ -8,6 +8,7 @@ Model-based (generate or score with a model from the config groups):
   task=gsm8k model=... dataset=synthetic_math checkpoint=DIR  greedy EM on the test split
   task=rewardbench reward=rubric_judge dataset=rewardbench    score pairs with a judge/RM, then weight
   task=judge_robustness reward=... limit=60                  master-key replies vs real ones: false-positive rates
+  task=routing reward=routed limit=120                       RM + judge accuracy against the judge-call fraction
 Bad input (a missing key, a bad value, an input file that is missing, empty or malformed, scores that are not finite
 numbers) is refused before anything is written: one `error: <key>: ...` line per problem on stderr, exit status 2.
 """
@@ -49,6 +50,7 @@ TASKS = {
     "rewardbench": "rlhf.eval.rewardbench:run_task",
     "preference": "rlhf.eval.rewardbench:run_preference_task",
     "judge_robustness": "rlhf.eval.judge_robustness:run_task",
+    "routing": "rlhf.eval.routing:run_task",
 }
 
 
@@ -119,6 +121,13 @@ def _mode_errors(cfg: EvaluateConfig) -> List[str]:
     """The task needs its file, or a model mode it can run; a file the task does not read is an error, not ignored."""
     errors: List[str] = []
     task = cfg.task
+    if task == "routing":  # model mode only: an RM and a judge score the preference source's test pairs
+        errors += [f"{key}: task={task} reads no file; it scores the test pairs with an RM and a judge"
+                   for key in ("predictions", "scores") if getattr(cfg, key) is not None]
+        if cfg.reward.name != "routed":
+            errors.append(f"reward.name: task=routing needs reward=routed (its RM, judge and routing keys); got "
+                          f"{cfg.reward.name}")
+        return errors
     if task == "judge_robustness":  # model mode only: the reward source under test scores generated probes
         errors += [f"{key}: task={task} reads no file; it scores master-key replies with reward={cfg.reward.name}"
                    for key in ("predictions", "scores") if getattr(cfg, key) is not None]

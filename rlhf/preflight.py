@@ -98,23 +98,33 @@ def self_reward_errors(cfg: Config) -> List[str]:
     return safetensors_errors(weights, "reward.checkpoint")
 
 
-def judge_errors(cfg: Config) -> List[str]:
-    if cfg.reward.name not in JUDGE_REWARDS + ("bt_rm",):
+def _scorer_checkpoint_errors(kind: str, value: str, key: str) -> List[str]:
+    """A saved lora_judge / bt_rm dir: it exists, has its meta file and only safe safetensors."""
+    path = Path(value).expanduser()
+    if not path.is_dir():
+        return [f"{key}: {path} does not exist"]
+    if kind == "rubric_judge":
         return []
+    meta = JUDGE_META if kind == "lora_judge" else RM_META
+    errors = [] if (path / meta).is_file() else [f"{key}: {path} has no {meta} (not a {kind} checkpoint)"]
+    return errors + safetensors_errors(sorted(path.rglob("*.safetensors")), key)
+
+
+def judge_errors(cfg: Config) -> List[str]:
+    name = cfg.reward.name
+    if name not in JUDGE_REWARDS + ("bt_rm", "routed"):
+        return []
+    judge_kind = cfg.reward.route_judge if name == "routed" else name
     errors: List[str] = []
-    if cfg.reward.name in JUDGE_REWARDS:
+    if judge_kind in JUDGE_REWARDS:
         errors += _collect(lambda: parse_rubric(cfg.judge.rubric))
         if cfg.judge.demo_path:
             errors += _collect(lambda: load_demo_pool(cfg.judge))
     if cfg.reward.checkpoint:
-        path = Path(cfg.reward.checkpoint).expanduser()
-        if not path.is_dir():
-            errors.append(f"reward.checkpoint: {path} does not exist")
-        elif cfg.reward.name != "rubric_judge":
-            meta = JUDGE_META if cfg.reward.name == "lora_judge" else RM_META
-            if not (path / meta).is_file():
-                errors.append(f"reward.checkpoint: {path} has no {meta} (not a {cfg.reward.name} checkpoint)")
-            errors += safetensors_errors(sorted(path.rglob("*.safetensors")), "reward.checkpoint")
+        errors += _scorer_checkpoint_errors("bt_rm" if name == "routed" else name, cfg.reward.checkpoint,
+                                            "reward.checkpoint")
+    if name == "routed" and cfg.reward.judge_checkpoint:
+        errors += _scorer_checkpoint_errors(judge_kind, cfg.reward.judge_checkpoint, "reward.judge_checkpoint")
     return errors
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import matplotlib
 
@@ -49,6 +49,27 @@ def plot_metrics(metrics_path: Path, out_path: Path, keys: Optional[List[str]] =
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     fig.tight_layout()
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(out_path)
+    return out_path
+
+
+def plot_curves(xs: List[float], series: Dict[str, List[float]], out_path: Path, title: str, xlabel: str,
+                ylabel: str) -> Path:
+    """One panel, one line per series (e.g. accuracy against the judge-call fraction per routing rule)."""
+    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    for name, ys in series.items():
+        ax.plot(xs, ys, marker="o", markersize=4, label=name)
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(f".{out_path.name}.tmp.png")
     fig.savefig(tmp, dpi=110)

@@ -6,6 +6,7 @@ from rlhf.config import Config
 from rlhf.reward.base import RewardContext, RewardOutput, RewardSource
 from rlhf.reward.exact_match import ExactMatchReward
 from rlhf.reward.judge_reward import build_judge_reward
+from rlhf.reward.routed import build_routed_reward
 from rlhf.reward.self_reward import build_self_reward
 
 __all__ = ["RewardContext", "RewardOutput", "RewardSource", "build_reward"]
@@ -20,4 +21,6 @@ def build_reward(cfg: Config, context: RewardContext) -> RewardSource:
         return build_judge_reward(cfg, context)
     if name == "self_reward":
         return build_self_reward(cfg, context)
+    if name == "routed":
+        return build_routed_reward(cfg, context)
     raise ValueError(f"reward.name: unknown reward source {name!r}")

@@ -142,8 +142,10 @@ class JudgeReward:
                                     "rationale": text}) + "\n")
 
 
-def build_judge_reward(cfg: Config, context: Any) -> JudgeReward:
-    """reward=bt_rm | rubric_judge | lora_judge -> JudgeReward on context.device (trains first if no checkpoint)."""
+def build_judge_reward(cfg: Config, context: Any, name: str = "judge") -> JudgeReward:
+    """reward=bt_rm | rubric_judge | lora_judge -> JudgeReward on context.device (trains first if no checkpoint).
+    ``name``: the run-dir folder it is saved to and the metrics prefix of its training (reward=routed builds an RM
+    under "rm" and a judge under "judge")."""
     kind = cfg.reward.name
     judge_cfg = cfg.judge if kind == "bt_rm" else judge_cfg_for_signal(cfg.judge, cfg.reward.judge_signal)
     run_dir = Path(context.run_dir) if getattr(context, "run_dir", None) is not None else None
@@ -151,9 +153,9 @@ def build_judge_reward(cfg: Config, context: Any) -> JudgeReward:
     hw = HardwareConfig(**{**cfg.hardware.__dict__, "device": str(device.type if isinstance(device, torch.device)
                                                                    else device or cfg.hardware.device)})
     log_fn = getattr(context, "log", None)
-    sink = MetricSink(log_fn, (run_dir / "judge_metrics.jsonl") if run_dir is not None else None, prefix="judge")
+    sink = MetricSink(log_fn, (run_dir / f"{name}_metrics.jsonl") if run_dir is not None else None, prefix=name)
     checkpoint = cfg.reward.checkpoint
-    in_run = run_dir / "judge" if run_dir is not None else None
+    in_run = run_dir / name if run_dir is not None else None
     if not checkpoint and saved_scorer_in(kind, in_run):
         log.info("judge: reusing the %s trained earlier in this run (%s)", kind, in_run)
         checkpoint = str(in_run)

@@ -58,6 +58,11 @@ def test_pairwise_signal_refused_for_a_reference_guided_judge():
     (["reward=bt_rm", "reward.adaptive_rho=0.7"], r"^reward\.adaptive_rho: must be in \[0, log 2"),
     (["reward=bt_rm", "reward.adaptive_tau_min=2", "reward.adaptive_tau_max=1"], r"^reward\.adaptive_tau_min: need"),
     (["dataset.label_noise=1.5"], r"^dataset\.label_noise: must be in \[0, 1\]"),
+    (["reward=routed", "reward.route_by=ensemble"], r"^reward\.route_by: ensemble routing reads .* is 0"),
+    (["reward=routed", "reward.route_budget=1.5"], r"^reward\.route_budget: must be in \[0, 1\]"),
+    (["reward=routed", "reward.route_judge=bt_rm"], r"^reward\.route_judge: 'bt_rm' is not one of"),
+    (["reward.ensemble=3"], r"^reward\.ensemble: an ensemble of reward heads is a bt_rm option"),
+    (["reward=bt_rm", "reward.ensemble=3", "judge.lora.enabled=false"], r"^reward\.ensemble: the members are LoRA"),
 ])
 def test_robust_reward_keys_are_checked_at_start_up(overrides, match):
     with pytest.raises(ConfigError, match=match):
