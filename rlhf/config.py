@@ -339,7 +339,7 @@ def register_configs() -> None:
 CHOICES = {
     "model.source": ("embedded", "hf", "tiny_random"),
     "dataset.name": ("synthetic_math", "gsm8k", "synthetic_chat", "synthetic_prefs", "hh_rlhf", "hh_rationales",
-                     "rewardbench"),
+                     "rewardbench", "rewardbench2"),
     "reward.name": ("exact_match", "bt_rm", "rubric_judge", "lora_judge", "self_reward", "routed"),
     "reward.route_judge": ("rubric_judge", "lora_judge"),
     "reward.route_by": ("margin", "ensemble", "random"),

@@ -9,6 +9,7 @@ Model-based (generate or score with a model from the config groups):
   task=rewardbench reward=rubric_judge dataset=rewardbench    score pairs with a judge/RM, then weight
   task=judge_robustness reward=... limit=60                  master-key replies vs real ones: false-positive rates
   task=routing reward=routed limit=120                       RM + judge accuracy against the judge-call fraction
+  task=rewardbench2 scores=FILE.jsonl | dataset=rewardbench2 reward=...   best-of-4 subsets, Ties, unweighted mean
 Bad input (a missing key, a bad value, an input file that is missing, empty or malformed, scores that are not finite
 numbers) is refused before anything is written: one `error: <key>: ...` line per problem on stderr, exit status 2.
 """
@@ -51,6 +52,7 @@ TASKS = {
     "preference": "rlhf.eval.rewardbench:run_preference_task",
     "judge_robustness": "rlhf.eval.judge_robustness:run_task",
     "routing": "rlhf.eval.routing:run_task",
+    "rewardbench2": "rlhf.eval.rewardbench2:run_task",
 }
 
 
@@ -76,7 +78,7 @@ class EvaluateConfig:
 MATH_DATASETS = ("synthetic_math", "gsm8k")
 JUDGE_KINDS = ("rubric_judge", "lora_judge", "bt_rm")
 # the file each file-mode task reads, and the other file key, which that task does not read
-INPUT_KEY = {"gsm8k": "predictions", "rewardbench": "scores", "preference": "scores"}
+INPUT_KEY = {"gsm8k": "predictions", "rewardbench": "scores", "preference": "scores", "rewardbench2": "scores"}
 MISSING_HINTS = {"task": f"pass task={'|'.join(TASKS)}", "output": "pass output=OUT.json"}
 
 
@@ -97,7 +99,8 @@ def _path_errors(cfg: EvaluateConfig, skip: Collection[str]) -> List[str]:
         if not str(value).strip():
             errors.append(f"{key}: empty path; pass {key}=PATH or leave it out")
         elif key == "checkpoint" and not Path(value).expanduser().is_dir():
-            errors.append(f"checkpoint: {value} is not a directory (a training run's checkpoints/step_N)")
+            errors.append(f"checkpoint: {value} is not a directory (a training run's checkpoints/step_N, or an "
+                              f"rlhf.sft output's sft/)")
         elif key in ("predictions", "scores") and not Path(value).expanduser().exists():
             errors.append(f"{key}: {value} does not exist")
     out = cfg.output
@@ -151,7 +154,10 @@ def _mode_errors(cfg: EvaluateConfig) -> List[str]:
         if cfg.reward.name not in JUDGE_KINDS:
             errors.append(f"scores: missing; pass scores=FILE.jsonl, or score pairs with a judge/RM "
                           f"(reward={'|'.join(JUDGE_KINDS)}; got reward.name={cfg.reward.name!r})")
-        elif cfg.dataset.name not in PREF_DATASETS:
+        elif task == "rewardbench2" and cfg.dataset.name != "rewardbench2":
+            errors.append(f"dataset.name: task=rewardbench2 with reward={cfg.reward.name} scores RewardBench 2 rows; "
+                          f"pass dataset=rewardbench2 (got {cfg.dataset.name!r})")
+        elif task != "rewardbench2" and cfg.dataset.name not in PREF_DATASETS:
             errors.append(f"dataset.name: {cfg.dataset.name!r} is not a preference dataset; task={task} with "
                           f"reward={cfg.reward.name} scores the test split of one of {list(PREF_DATASETS)}")
     return errors

@@ -14,7 +14,9 @@ Sources (``dataset.name``):
   hh_rationales    local JSONL/hub rows with prompt, chosen, rejected, rationale.
 ``dataset.path`` (jsonl/json/parquet; "{split}" in it is replaced by the split name) takes precedence over
 ``dataset.hub_id``. Every row is validated: a missing or empty field fails with
-"dataset <name> row <i>: missing field '<f>'" (i counts from 0 in the source order).
+"dataset <name> row <i>: missing field '<f>'" (i counts from 0 in the source order). Local / hub rows may carry an
+optional ``rubric`` (one-line JSON, the judge.rubric format): a judge scores that row with it instead of judge.rubric;
+an invalid one fails as "dataset <name> row <i>: rubric: ...".
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import datasets
 
 from rlhf.config import DatasetConfig
 from rlhf.dataset.math_data import judge_prompt
+from rlhf.dataset.rubric import row_rubric
 from rlhf.dataset.synthetic_chat import synthetic_chat_rows
 from rlhf.dataset.synthetic_math import SPLITS, SYMBOL, draw_problems, worked_solution
 from rlhf.report.io import read_jsonl
@@ -208,8 +211,14 @@ def _message_text(v: Any) -> str:
     return str(v)
 
 
+def with_rubric(row: dict[str, Any], raw: dict[str, Any], name: str, i: int) -> dict[str, Any]:
+    """row plus the source row's optional per-row judge rubric (checked; a bad one fails naming row i)."""
+    rubric = row_rubric(raw.get("rubric"), f"dataset {name} row {i}: rubric")
+    return row if rubric is None else {**row, "rubric": rubric}
+
+
 def pref_rows(cfg: DatasetConfig, split: str) -> list[dict[str, Any]]:
-    """Validated rows as plain dicts (prompt, chosen, rejected, subset[, rationale]); no row cap applied."""
+    """Validated rows as plain dicts (prompt, chosen, rejected, subset[, rationale][, rubric]); no row cap applied."""
     name = cfg.name
     if name == "synthetic_prefs":
         return synthetic_rows(cfg, split)
@@ -229,23 +238,43 @@ def pref_rows(cfg: DatasetConfig, split: str) -> list[dict[str, Any]]:
             for f, v in (("prompt", prompt), ("chosen", chosen), ("rejected", rejected)):
                 if not v:
                     raise ValueError(f"dataset {name} row {i}: missing field '{f}'")
-            out.append({"prompt": prompt, "chosen": chosen, "rejected": rejected,
-                        "subset": r.get("subset") or "hh_rlhf"})
+            row = {"prompt": prompt, "chosen": chosen, "rejected": rejected, "subset": r.get("subset") or "hh_rlhf"}
+            out.append(with_rubric(row, r, name, i))
         return out
     fields = ("prompt", "chosen", "rejected") + (("subset",) if name == "rewardbench" else ())
     fields += ("rationale",) if name == "hh_rationales" else ()
     validate_rows(name, raw, fields)
-    for r in raw:
+    for i, r in enumerate(raw):
         row = {"prompt": _message_text(r["prompt"]), "chosen": str(r["chosen"]), "rejected": str(r["rejected"]),
                "subset": str(r.get("subset") or name)}
         if r.get("rationale"):
             row["rationale"] = str(r["rationale"])
-        out.append(row)
+        out.append(with_rubric(row, r, name, i))
     return out
 
 
+def rb2_rows(cfg: DatasetConfig) -> list[dict[str, Any]]:
+    """RewardBench 2 rows (allenai/reward-bench-2, split "test", or dataset.path in that schema): id, prompt, chosen
+    (list), rejected (list), num_correct, subset. A row missing a field, or whose lists are empty, fails naming it."""
+    if cfg.name != "rewardbench2":
+        raise ValueError(f"dataset.name: {cfg.name!r} is not rewardbench2")
+    raw = _read_source(cfg, "test")
+    validate_rows(cfg.name, raw, ("id", "prompt", "chosen", "rejected", "num_correct", "subset"))
+    out = []
+    for i, r in enumerate(raw):
+        for key in ("chosen", "rejected"):
+            if not isinstance(r[key], list) or not r[key] or not all(isinstance(x, str) for x in r[key]):
+                raise ValueError(f"dataset {cfg.name} row {i}: field '{key}' must be a non-empty list of strings")
+        if int(r["num_correct"]) != len(r["chosen"]):
+            raise ValueError(f"dataset {cfg.name} row {i}: num_correct={r['num_correct']} but {len(r['chosen'])} "
+                             "chosen replies")
+        out.append({"id": str(r["id"]), "prompt": _message_text(r["prompt"]), "chosen": list(r["chosen"]),
+                    "rejected": list(r["rejected"]), "num_correct": int(r["num_correct"]), "subset": str(r["subset"])})
+    return out[: cfg.num_test] if cfg.num_test else out
+
+
 def load_pref_split(cfg: DatasetConfig, split: str):
-    """datasets.Dataset with prompt, chosen, rejected, subset (+ rationale when the source has it).
+    """datasets.Dataset with prompt, chosen, rejected, subset (+ rationale, rubric when the source has them).
 
     At most dataset.num_train (split "train") or dataset.num_test rows (any other split) are kept, in source order.
     """
@@ -253,8 +282,7 @@ def load_pref_split(cfg: DatasetConfig, split: str):
     cap = cfg.num_train if split == "train" else cfg.num_test
     rows = rows[:cap] if cap and cap > 0 else rows
     columns = ["prompt", "chosen", "rejected", "subset"]
-    if any("rationale" in r for r in rows):
-        columns.append("rationale")
+    columns += [c for c in ("rationale", "rubric") if any(c in r for r in rows)]
     return datasets.Dataset.from_dict({c: [r.get(c, "") for r in rows] for c in columns})
 
 

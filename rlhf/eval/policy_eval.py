@@ -6,6 +6,9 @@ from pathlib import Path
 
 import torch
 
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+
 from rlhf.backend.checkpoint import load_weights_into
 from rlhf.model.device import resolve_device
 from rlhf.model.load import load_causal_lm
@@ -15,11 +18,19 @@ from rlhf.task.math import MathTask
 
 
 def run_model_task(cfg) -> tuple[dict, str]:
-    """`python -m rlhf.evaluate task=gsm8k [checkpoint=DIR]`: greedy EM of a model (+ trained weights) on a test split."""
+    """`python -m rlhf.evaluate task=gsm8k [checkpoint=DIR]`: greedy EM of a model (+ trained weights) on a test split.
+    DIR: a training checkpoint (checkpoints/step_N), or an SFT output (a LoRA adapter or a full model dir)."""
     device = resolve_device(cfg.hardware)
     model, tok = load_causal_lm(cfg.model, cfg.hardware.dtype, seed=cfg.seed)
-    if cfg.checkpoint:
-        ckpt = Path(cfg.checkpoint)
+    ckpt = Path(cfg.checkpoint) if cfg.checkpoint else None
+    if ckpt is not None and (ckpt / "adapter_config.json").is_file():  # a bare LoRA adapter (`python -m rlhf.sft`)
+        if not (ckpt / "adapter_model.safetensors").is_file():
+            raise ValueError(f"checkpoint: {ckpt} has no adapter_model.safetensors (pickled adapters are not loaded)")
+        model = PeftModel.from_pretrained(model, str(ckpt))
+    elif ckpt is not None and (ckpt / "config.json").is_file():  # a full model dir (`rlhf.sft sft.lora=false`)
+        model = AutoModelForCausalLM.from_pretrained(str(ckpt), dtype=next(model.parameters()).dtype,
+                                                     use_safetensors=True)
+    elif ckpt is not None:
         lora = (ckpt / "adapter").is_dir()
         cfg.model.lora.enabled = lora
         policy = build_policy(model, cfg.model, value_head=(ckpt / "value_head.safetensors").is_file())

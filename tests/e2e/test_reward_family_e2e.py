@@ -42,3 +42,20 @@ def test_routing_evaluation_writes_table_and_plot(tmp_path):
     for accs in res["accuracy"].values():  # 0 % calls = the RM alone, 100 % = the judge alone
         assert accs[0] == res["rm_accuracy"] and accs[-1] == res["judge_accuracy"]
     assert out.with_suffix(".md").is_file() and out.with_suffix(".png").is_file()
+
+
+def test_routed_and_hardened_robust_ensemble_rm_on_chat_prompts(tmp_path):
+    """Chat prompts: routed (RM + rubric judge) and a bt_rm trained with R3M, two heads and master-key negatives."""
+    common = ["dataset=synthetic_chat", "algo=grpo", "steps=1", "algo.prompts_per_step=2", "algo.samples_per_prompt=2",
+              "algo.minibatch_size=4", "judge.train_steps=2", "judge.batch_size=2", "judge.num_demos=0",
+              "judge.heldout_pairs=4", "num_eval=2", "judge=general_chat"]
+    run_train(tmp_path / "routed", "reward=routed", "reward.route_budget=1.0", *common)
+    steps = [r for r in _rows(tmp_path / "routed") if "reward_mean" in r]
+    assert steps[0]["reward/judge_call_rate"] == 1.0
+    assert json.loads((tmp_path / "routed" / "summary.json").read_text())["task"] == "chat"
+    run_train(tmp_path / "rm", "reward=bt_rm", "reward.robust=r3m", "reward.ensemble=2", "reward.ensemble_agg=lcb",
+              "judge.master_key_negatives=0.5", *common)
+    rows = _rows(tmp_path / "rm")
+    rm_rows = [r for r in rows if r.get("phase") == "judge" and "judge/outlier_fraction" in r]
+    assert len(rm_rows) == 4  # 2 members x 2 steps, each with R3M's outlier fraction
+    assert "reward/judge_ensemble_std" in [r for r in rows if "reward_mean" in r][0]

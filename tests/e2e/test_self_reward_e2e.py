@@ -46,6 +46,13 @@ def test_sft_cli_output_is_a_self_reward_checkpoint(tmp_path):
     summary = json.loads((sft_dir / "summary.json").read_text())
     assert summary["kind"] == "lora" and summary["steps"] == 3
     assert {"config.yaml", "metrics.jsonl", "metrics.png", "summary.json"} <= {p.name for p in sft_dir.iterdir()}
+    out = tmp_path / "sft_eval.json"  # SFT alone on held-out problems: the adapter dir is an evaluate checkpoint
+    proc = subprocess.run([sys.executable, "-m", "rlhf.evaluate", "task=gsm8k", "model=tiny_random",
+                           f"checkpoint={sft_dir / 'sft'}", "limit=2", "generation.eval_max_new_tokens=8",
+                           f"output={out}", f"hydra.run.dir={tmp_path / 'eval'}"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(out.read_text())["n"] == 2
     run = tmp_path / "rl"
     run_train(run, "steps=1", *RL, f"reward.checkpoint={sft_dir / 'sft'}")
     assert not (run / "sft").exists()  # loaded, not trained
