@@ -23,6 +23,7 @@ from rlhf.model.load import embedded_model_dir, load_causal_lm
 from rlhf.model.policy import build_policy, count_parameters
 from rlhf.report.io import atomic_write_json, atomic_write_text
 from rlhf.report.logger import MetricsLogger, NullLogger, read_metrics
+from rlhf.report.run_report import SAMPLES, extreme_samples, write_run_report
 from rlhf.report.summary import summary_markdown
 from rlhf.report.plots import plot_metrics
 from rlhf.reward import build_reward
@@ -275,6 +276,15 @@ class Trainer:
             "step_seconds": total, "time/generate": t_gen, "time/reward": t_rew,
             "time/experience": t_exp - t_scored, "time/update": t_upd - t_exp, "time/sync": t_sync,
         }
+        if self.dist.is_main:  # the step's best and worst reply, for report.md
+            metas = first_rollout.meta_per_sample()  # the item's plain prompt, not its chat-template rendering
+            prompts = [str((metas[i] if i < len(metas) else {}).get("judge_prompt")
+                           or first_rollout.prompts[first_rollout.prompt_index(i)])
+                       for i in range(first_rollout.batch_size)]
+            with open(self.run_dir / SAMPLES, "a") as f:
+                for row in extreme_samples(prompts, first_rollout.responses, scored.rewards.float().tolist(),
+                                           self.step + 1):
+                    f.write(json.dumps(row) + "\n")
         for key in ("em_strict", "em_flexible"):
             if f"reward/{key}" in metrics:
                 metrics[key] = metrics[f"reward/{key}"]
@@ -341,6 +351,7 @@ class Trainer:
         if self.dist.is_main:
             atomic_write_json(self.run_dir / "summary.json", summary)
             self._write_summary_md(ckpt)
+            write_run_report(self.run_dir)
         return summary
 
     def _budget_spent(self, t0: float) -> bool:

@@ -38,8 +38,11 @@ def test_tiny_run_is_complete_and_changes_parameters(tiny_lm, tmp_path, algo, ex
     steps = 3
     run_train(tmp_path, f"algo={algo}", f"steps={steps}", "algo.prompts_per_step=2", "algo.samples_per_prompt=2",
               "algo.minibatch_size=2", "algo.lr=1e-3", *extra)
-    for name in ("config.yaml", "metrics.jsonl", "eval.json", "plots.png", "summary.json", ".hydra/config.yaml"):
+    for name in ("config.yaml", "metrics.jsonl", "eval.json", "plots.png", "summary.json", ".hydra/config.yaml",
+                 "report.md", "samples.jsonl"):
         assert (tmp_path / name).is_file(), name
+    report = (tmp_path / "report.md").read_text()
+    assert f"algo: {algo}" in report and "Best-scored sampled replies" in report and "![training curves]" in report
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     train_rows = [r for r in rows if "reward_mean" in r]
     assert [r["step"] for r in train_rows] == list(range(1, steps + 1))
