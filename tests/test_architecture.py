@@ -21,7 +21,7 @@ LAYERS: Dict[str, int] = {
     "rlhf.backend": 6,
     "rlhf.eval": 7, "rlhf.trainer": 7,
     "rlhf.preflight": 8,
-    "rlhf.train": 9, "rlhf.evaluate": 9, "rlhf.sft": 9,
+    "rlhf.train": 9, "rlhf.evaluate": 9, "rlhf.sft": 9, "rlhf.tables": 9,
 }
 # within one layer, packages do not import each other, except these (importer, imported)
 SAME_LAYER_ALLOWED: Set[Tuple[str, str]] = set()
