@@ -300,6 +300,10 @@ class SFTConfig:
     # held-out demonstrations (test split) whose response NLL is reported before and after (0: skip)
     num_eval: int = 64
     max_len: int = 384
+    # math tasks: greedy exact match of pi_SFT on this many test problems before and after SFT (0: skip), with
+    # generation.eval_max_new_tokens-style budget sft.eval_max_new_tokens
+    eval_em: int = 0
+    eval_max_new_tokens: int = 96
 
 
 @dataclass
@@ -360,6 +364,7 @@ POSITIVE = [
     "model.lora.r", "model.lora.alpha", "dataset.num_train", "dataset.num_test", "dataset.max_prompt_tokens",
     "judge.max_len", "judge.train_steps", "judge.batch_size", "judge.lr", "judge.eval_batch_size",
     "judge.rationale_max_new_tokens", "sft.steps", "sft.batch_size", "sft.lr", "sft.max_len",
+    "sft.eval_max_new_tokens",
     "generation.max_new_tokens", "generation.eval_batch_size",
     "generation.eval_max_new_tokens", "steps", "keep_checkpoints", "max_bad_steps", "hardware.vllm_sync_timeout_s",
     "hardware.dist_timeout_s", "model.tiny.hidden_size", "model.tiny.intermediate_size", "model.tiny.num_hidden_layers",
@@ -369,7 +374,7 @@ NON_NEGATIVE = [
     "model.lora.dropout", "judge.num_demos", "judge.margin", "judge.lora_layers", "judge.heldout_pairs",
     "generation.temperature", "generation.top_k", "max_train_seconds", "eval_every", "save_every", "num_eval",
     "hardware.num_threads", "reward.format_bonus", "seed", "dataset.seed", "judge.demo_seed",
-    "sft.num_train", "sft.num_eval", "reward.ensemble", "reward.ensemble_lcb_beta",
+    "sft.num_train", "sft.num_eval", "sft.eval_em", "reward.ensemble", "reward.ensemble_lcb_beta",
 ]
 UNIT_INTERVAL = ["generation.top_p", "hardware.vllm_gpu_memory_utilization", "dataset.label_noise", "reward.route_budget",
                  "judge.master_key_negatives"]

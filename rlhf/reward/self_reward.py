@@ -34,6 +34,7 @@ from rlhf.model.load import DTYPES, load_causal_lm
 from rlhf.model.sft import pack, response_logprobs, sequence_logprobs, train_sft
 from rlhf.model.shared import AdapterView, adapter_parameters, keep_requires_grad, model_scope
 from rlhf.report.io import atomic_save_dir
+from rlhf.rollout.hf_engine import HFEngine
 from rlhf.reward.base import RewardOutput
 from rlhf.rollout.base import Rollout
 from rlhf.task import PromptTask, TaskItem, build_task
@@ -138,19 +139,43 @@ def run_sft(sft: Any, tokenizer: Any, dataset_cfg: DatasetConfig, sft_cfg: SFTCo
     held = demonstrations(task, tokenizer, "test", sft_cfg.num_eval, sft_cfg.max_len) if sft_cfg.num_eval else []
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     before = heldout_nll(sft, held, pad)
+    em_before = heldout_em(sft, tokenizer, task, sft_cfg, dataset_cfg.max_prompt_tokens)
     t0 = time.perf_counter()
     with model_scope(sft, trainable=True):
         params = trainable_parameters(sft)
         history = train_sft(sft, params, train, sft_cfg.steps, sft_cfg.batch_size, sft_cfg.lr, pad, seed, log_fn)
     for p in params:  # pi_SFT is frozen from here on
         p.requires_grad_(False)
+    seconds = time.perf_counter() - t0
     after = heldout_nll(sft, held, pad)
+    em_after = heldout_em(sft, tokenizer, task, sft_cfg, dataset_cfg.max_prompt_tokens)
     log.info("sft: %d steps on %d demonstrations in %.0f s; held-out NLL per token %.3f -> %.3f (%d test items)",
-             sft_cfg.steps, len(train), time.perf_counter() - t0, before, after, len(held))
-    return {"steps": sft_cfg.steps, "train_demonstrations": len(train), "heldout_items": len(held),
+             sft_cfg.steps, len(train), seconds, before, after, len(held))
+    em = {}
+    if em_before is not None and em_after is not None:
+        em = {"em_before": em_before, "em_after": em_after, **{k: v for k, v in em_after.items()}}
+        log.info("sft: held-out greedy EM strict %.3f -> %.3f, flexible %.3f -> %.3f (%d problems)",
+                 em_before["em_strict"], em_after["em_strict"], em_before["em_flexible"], em_after["em_flexible"],
+                 int(em_after["n"]))
+    return {**em, "steps": sft_cfg.steps, "train_demonstrations": len(train), "heldout_items": len(held),
             "heldout_nll_before": before, "heldout_nll_after": after,
             "train_loss_first": history[0]["loss"], "train_loss_last": history[-1]["loss"],
-            "seconds": time.perf_counter() - t0}
+            "seconds": seconds}
+
+
+def heldout_em(model: Any, tokenizer: Any, task: PromptTask, sft_cfg: SFTConfig,
+               max_prompt_tokens: int) -> Optional[Dict[str, float]]:
+    """Greedy exact match of ``model`` on the first sft.eval_em test problems of a math task (None: skipped)."""
+    if not sft_cfg.eval_em or task.kind != "math":
+        return None
+    items = task.items("test")[:sft_cfg.eval_em]
+    module = _module(model)
+    device = next(module.parameters()).device
+    engine = HFEngine(module, tokenizer, device, max_prompt_tokens)
+    with torch.no_grad(), model_scope(model):  # an adapter view generates with its adapter active
+        out = task.evaluate(engine, tokenizer, items, min(32, len(items)), sft_cfg.eval_max_new_tokens,
+                            progress=True, desc="sft held-out EM")
+    return {k: float(out.summary[k]) for k in ("em_strict", "em_flexible", "n")}
 
 
 def heldout_nll(model: Any, held: Sequence[Tuple[List[int], List[int]]], pad_id: int) -> float:

@@ -39,12 +39,14 @@ def test_in_run_sft_on_the_actor_base_then_grpo_and_resume(tmp_path):
 
 def test_sft_cli_output_is_a_self_reward_checkpoint(tmp_path):
     sft_dir = tmp_path / "sft_run"
-    cmd = [sys.executable, "-m", "rlhf.sft", "model=tiny_random", "sft.steps=3", "sft.num_eval=4",
+    cmd = [sys.executable, "-m", "rlhf.sft", "model=tiny_random", "sft.steps=3", "sft.num_eval=4", "sft.eval_em=2",
+           "sft.eval_max_new_tokens=8",
            "dataset.num_train=32", "dataset.num_test=8", f"hydra.run.dir={sft_dir}"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads((sft_dir / "summary.json").read_text())
     assert summary["kind"] == "lora" and summary["steps"] == 3
+    assert summary["em_before"]["n"] == 2 and 0.0 <= summary["em_after"]["em_strict"] <= 1.0  # SFT alone, held out
     assert {"config.yaml", "metrics.jsonl", "metrics.png", "summary.json"} <= {p.name for p in sft_dir.iterdir()}
     out = tmp_path / "sft_eval.json"  # SFT alone on held-out problems: the adapter dir is an evaluate checkpoint
     proc = subprocess.run([sys.executable, "-m", "rlhf.evaluate", "task=gsm8k", "model=tiny_random",
