@@ -3,7 +3,9 @@
 gsm8k comes from the hub (``dataset.hub_id`` / ``dataset.hub_config``, network needed) or, when ``dataset.path`` is
 set, from a local jsonl/json/parquet file in the hub schema ({"question": ..., "answer": "...\\n#### 72"}). A path
 containing ``{split}`` is formatted with the split name (``data/gsm8k_{split}.jsonl``); otherwise the same file serves
-both splits. Every returned row is checked, and a bad one fails with its 0-based index in the file.
+both splits. Every returned row is checked, and a bad one fails with its 0-based index in the file. An optional
+``rubric`` column (one-line JSON in the judge.rubric format) replaces judge.rubric when a judge scores that row's
+prompt; a rubric that does not parse fails at load time with the row's index.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any, Dict, Optional
 import datasets
 
 from rlhf.config import DatasetConfig
+from rlhf.dataset.rubric import row_rubric
 from rlhf.dataset.synthetic_math import SPLITS, generate_problems
 from rlhf.report.io import read_text_file
 
@@ -24,6 +27,7 @@ log = logging.getLogger(__name__)
 MATH_DATASETS = ("synthetic_math", "gsm8k")
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 REQUIRED = ("question", "answer")
+RUBRIC = "rubric"  # optional per-row judge rubric (JSON), which replaces judge.rubric for that row
 
 
 def judge_prompt(question: str, instruction: Optional[str]) -> str:
@@ -46,12 +50,15 @@ def _row_problem(row: Dict[str, Any]) -> Optional[str]:
 
 
 def validate_rows(ds: datasets.Dataset, name: str) -> None:
-    """Raises ValueError("dataset <name> row <i>: ...") for the first row without a usable question/answer."""
+    """Raises ValueError("dataset <name> row <i>: ...") for the first row without a usable question/answer, or with
+    an optional ``rubric`` that is not a valid judge rubric (rlhf/dataset/rubric.py)."""
     columns = {key: (ds[key] if key in ds.column_names else [None] * len(ds)) for key in REQUIRED}
+    rubrics = ds[RUBRIC] if RUBRIC in ds.column_names else [None] * len(ds)
     for i in range(len(ds)):
         problem = _row_problem({key: columns[key][i] for key in REQUIRED})
         if problem:
             raise ValueError(f"dataset {name} row {i}: {problem}")
+        row_rubric(rubrics[i], f"dataset {name} row {i}: rubric")
 
 
 def _diagnose_json(path: Path, name: str) -> None:

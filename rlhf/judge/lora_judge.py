@@ -2,8 +2,11 @@
 
 Training data per pair (pairwise mode): both presentation orders, each supervised with cross-entropy on the correct
 verdict token ("A" when chosen is shown first, "B" otherwise); pointwise mode: chosen -> the top score token,
-rejected -> the bottom one. With judge.use_rationales and a rationale column, the target continues after the verdict
-with "\\nReason: <rationale><eos>" — the verdict stays the first generated token, so scoring is unchanged.
+rejected -> the bottom one. A rubric with several criteria trains every criterion's prompt on the same targets (the
+pair labels are overall preferences, not per-criterion labels: a simplification), each criterion with its own prefix
+(KV-cached once per step). A row's ``rubric`` column replaces judge.rubric for that row. With judge.use_rationales
+and a rationale column, the target continues after the verdict with "\\nReason: <rationale><eos>" — the verdict stays
+the first generated token, so scoring is unchanged.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from rlhf.judge.io import (
     write_json,
 )
 from rlhf.judge.prefix_forward import train_logits, train_logits_with_prefix
+from rlhf.judge.prompts import JudgePrompter
 from rlhf.judge.rubric_judge import RubricJudge, judge_demos
 from rlhf.model.load import load_causal_lm
 from rlhf.model.shared import add_judge_adapter, load_judge_adapter, model_scope
@@ -68,22 +72,47 @@ def attach_lora(model: torch.nn.Module, lora: LoraConfig, last_layers: int = 0,
     return get_peft_model(model, peft_lora_config(lora, task_type, layers))
 
 
-def training_examples(judge: RubricJudge, row: Dict[str, Any],
-                      use_rationale: bool) -> List[Tuple[List[int], List[int]]]:
-    """[(context ids, target ids)] for one pair: two examples (both orders or chosen/rejected)."""
-    pr = judge.prompter
+Example = Tuple[List[int], List[int]]  # (context ids, target ids)
+
+
+def criterion_examples(judge: RubricJudge, row: Dict[str, Any],
+                       use_rationale: bool) -> List[Tuple[JudgePrompter, List[Example]]]:
+    """[(prompter, its two examples)] for one pair, one entry per criterion of the row's rubric (its ``rubric``
+    column, else judge.rubric). Every criterion gets the same targets: the pair's label is an overall preference, not
+    a per-criterion one, so a multi-criterion judge learns "chosen is better on every criterion" (a simplification)."""
     extra: List[int] = []
     if use_rationale and row.get("rationale"):
         extra = judge.tok("\nReason: " + str(row["rationale"]).strip(), add_special_tokens=False)["input_ids"]
         extra = extra[:judge.cfg.max_len // 4] + [judge.tok.eos_token_id]
-    if pr.mode == "pairwise":
-        prompt = pr.request(row)
-        ab = pr.prefix_ids + pr.pair_suffix(prompt, row["chosen"], row["rejected"])
-        ba = pr.prefix_ids + pr.pair_suffix(prompt, row["rejected"], row["chosen"])
-        return [(ab, [pr.verdict_ids[0]] + extra), (ba, [pr.verdict_ids[1]] + extra)]
-    good = pr.prefix_ids + pr.single_suffix(pr.request(row), row["chosen"])
-    bad = pr.prefix_ids + pr.single_suffix(pr.request(row), row["rejected"])
-    return [(good, [pr.verdict_ids[-1]] + extra), (bad, [pr.verdict_ids[0]] + extra)]
+    out = []
+    for pr in judge.criterion_prompters(row.get("rubric")):
+        if pr.mode == "pairwise":
+            prompt = pr.request(row)
+            ab = pr.prefix_ids + pr.pair_suffix(prompt, row["chosen"], row["rejected"])
+            ba = pr.prefix_ids + pr.pair_suffix(prompt, row["rejected"], row["chosen"])
+            out.append((pr, [(ab, [pr.verdict_ids[0]] + extra), (ba, [pr.verdict_ids[1]] + extra)]))
+        else:
+            good = pr.prefix_ids + pr.single_suffix(pr.request(row), row["chosen"])
+            bad = pr.prefix_ids + pr.single_suffix(pr.request(row), row["rejected"])
+            out.append((pr, [(good, [pr.verdict_ids[-1]] + extra), (bad, [pr.verdict_ids[0]] + extra)]))
+    return out
+
+
+def training_examples(judge: RubricJudge, row: Dict[str, Any], use_rationale: bool) -> List[Example]:
+    """[(context ids, target ids)] for one pair: two examples (both orders or chosen/rejected) per criterion."""
+    return [ex for _, exs in criterion_examples(judge, row, use_rationale) for ex in exs]
+
+
+def batch_examples(judge: RubricJudge, rows: Sequence[Dict[str, Any]],
+                   use_rationale: bool) -> Tuple[List[Example], List[JudgePrompter]]:
+    """The examples of a batch of pairs and, for each, the prompter (criterion prefix, verdict tokens) it uses."""
+    examples: List[Example] = []
+    prompters: List[JudgePrompter] = []
+    for row in rows:
+        for pr, exs in criterion_examples(judge, row, use_rationale):
+            examples += exs
+            prompters += [pr] * len(exs)
+    return examples, prompters
 
 
 def pack_targets(examples: Sequence[Tuple[List[int], List[int]]]) -> Tuple[List[List[int]], torch.Tensor, int]:
@@ -96,28 +125,64 @@ def pack_targets(examples: Sequence[Tuple[List[int], List[int]]]) -> Tuple[List[
     return inputs, labels, keep
 
 
-def judge_step_loss(judge: RubricJudge, examples: Sequence[Tuple[List[int], List[int]]],
-                    reuse_prefix: Optional[bool] = None) -> Dict[str, torch.Tensor]:
+def prefix_logits(judge: RubricJudge, inputs: Sequence[List[int]], prefix: Sequence[int], keep: int,
+                  reuse: bool) -> torch.Tensor:
+    """(B, keep, V) logits of inputs that share ``prefix``: the prefix run once and expanded (reuse), else in full."""
+    if reuse and prefix and all(list(x[:len(prefix)]) == list(prefix) and len(x) > len(prefix) for x in inputs):
+        return train_logits_with_prefix(judge.model, prefix, [x[len(prefix):] for x in inputs], judge.pad_id,
+                                        judge.device, keep).float()
+    return train_logits(judge.model, inputs, judge.pad_id, judge.device, keep).float()
+
+
+def inverse_order(order: Sequence[int]) -> torch.Tensor:
+    """inv with inv[order[k]] = k: rows stacked in ``order`` are put back in 0..n-1 order by indexing with inv."""
+    inv = torch.empty(len(order), dtype=torch.long)
+    inv[torch.tensor(list(order), dtype=torch.long)] = torch.arange(len(order))
+    return inv
+
+
+def verdict_diagnostics(vpos: torch.Tensor, targets: Sequence[int],
+                        verdict_sets: Sequence[Sequence[int]]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(verdict cross-entropy, verdict accuracy) from (B, V) logits at each example's verdict position, each example
+    over its own verdict tokens (a per-row rubric may have another scale); detached."""
+    groups: Dict[Tuple[int, ...], List[int]] = {}
+    for i, ids in enumerate(verdict_sets):
+        groups.setdefault(tuple(ids), []).append(i)
+    losses, hits = [], []
+    for ids, rows in groups.items():
+        vlog = vpos.detach()[rows][:, list(ids)]
+        vtarget = torch.tensor([ids.index(targets[i]) for i in rows], device=vpos.device)
+        losses.append(F.cross_entropy(vlog, vtarget) * (len(rows) / len(targets)))  # the group's share of the mean
+        hits.append((vlog.argmax(-1) == vtarget).float())
+    return (losses[0] if len(losses) == 1 else torch.stack(losses).sum()), torch.cat(hits).mean()
+
+
+def judge_step_loss(judge: RubricJudge, examples: Sequence[Example], reuse_prefix: Optional[bool] = None,
+                    prompters: Optional[Sequence[JudgePrompter]] = None) -> Dict[str, torch.Tensor]:
     """Token cross-entropy over all target tokens, plus verdict-only diagnostics.
 
-    reuse_prefix (default judge.reuse_prefix_cache): run the rubric + demonstrations prefix once per step and expand
-    its keys/values over the batch instead of recomputing it for every example (same loss and gradients)."""
+    prompters: the prompter of each example (batch_examples; default judge.prompter for all). reuse_prefix (default
+    judge.reuse_prefix_cache): run each criterion's rubric + demonstrations prefix once per step and expand its
+    keys/values over that criterion's examples instead of recomputing it for every example (same loss and gradients)."""
     inputs, labels, keep = pack_targets(examples)
     reuse = judge.cfg.reuse_prefix_cache if reuse_prefix is None else reuse_prefix
-    prefix = judge.prompter.prefix_ids
-    if reuse and prefix and all(list(x[:len(prefix)]) == list(prefix) and len(x) > len(prefix) for x in inputs):
-        logits = train_logits_with_prefix(judge.model, prefix, [x[len(prefix):] for x in inputs], judge.pad_id,
-                                          judge.device, keep).float()  # (B, keep, V)
+    prompters = [judge.prompter] * len(examples) if prompters is None else list(prompters)
+    groups: Dict[Tuple[Any, int], Tuple[JudgePrompter, List[int]]] = {}
+    for i, pr in enumerate(prompters):
+        groups.setdefault((pr.rubric, pr.criterion), (pr, []))[1].append(i)
+    parts = [prefix_logits(judge, [inputs[i] for i in idx], pr.prefix_ids, keep, reuse) for pr, idx in groups.values()]
+    if len(parts) == 1:
+        logits = parts[0]  # (B, keep, V)
     else:
-        logits = train_logits(judge.model, inputs, judge.pad_id, judge.device, keep).float()  # (B, keep, V)
+        order = [i for _, idx in groups.values() for i in idx]
+        logits = torch.cat(parts)[inverse_order(order).to(parts[0].device)]
     labels = labels.to(logits.device)
     loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE)
     first = torch.tensor([keep - len(t) for _, t in examples], device=logits.device)
     rows = torch.arange(len(examples), device=logits.device)
-    vlog = logits[rows, first][:, judge.prompter.verdict_ids]  # verdict-position logits, verdict tokens only
-    vtarget = torch.tensor([judge.prompter.verdict_ids.index(t[0]) for _, t in examples], device=logits.device)
-    return {"loss": loss, "verdict_loss": F.cross_entropy(vlog.detach(), vtarget),
-            "verdict_accuracy": (vlog.detach().argmax(-1) == vtarget).float().mean()}
+    vloss, vacc = verdict_diagnostics(logits[rows, first], [t[0] for _, t in examples],
+                                      [pr.verdict_ids for pr in prompters])
+    return {"loss": loss, "verdict_loss": vloss, "verdict_accuracy": vacc}
 
 
 def train_lora_judge(judge: RubricJudge, rows: Sequence[Dict[str, Any]], cfg: JudgeConfig, seed: int = 0,
@@ -138,8 +203,7 @@ def _train_loop(judge: RubricJudge, rows: Sequence[Dict[str, Any]], cfg: JudgeCo
                 dropped: int, sink: Callable[[Dict[str, float], int], None]) -> List[Dict[str, float]]:
     judge.model.train()
     history = fit_pairs([p for p in judge.model.parameters() if p.requires_grad], rows, cfg, seed,
-                        lambda batch: judge_step_loss(judge, [ex for r in batch
-                                                              for ex in training_examples(judge, r, use_rat)]),
+                        lambda batch: judge_step_loss(judge, *batch_examples(judge, batch, use_rat)),
                         sink, dropped, desc="lora_judge")
     judge.model.eval()
     return history

@@ -5,17 +5,19 @@ A judge prompt is a chat: a system turn with the rubric, ``num_demos`` demonstra
 verdict lead ("Verdict:" / "Score: "). Everything before the last user turn's content is the same for every item: the
 *prefix*, tokenized once (and its KV cache reused, rlhf/judge/prefix_forward.py). The item part (*suffix*) is tokenized
 separately and the two id lists are concatenated, so the cached and uncached paths see identical tokens.
+
+A rubric with several criteria (rlhf/dataset/rubric.py) has one prompter, hence one prefix, per criterion: the system
+turn shows that criterion only; demonstrations and items are the same for every criterion.
 """
 
 from __future__ import annotations
 
-import json
 import random
-from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from rlhf.config import ConfigError, DatasetConfig, JudgeConfig
 from rlhf.dataset.prefs import demo_pool_rows
+from rlhf.dataset.rubric import Rubric, parse_rubric  # defined with the loaders, which check per-row rubrics
 from rlhf.report.io import read_jsonl
 from rlhf.task.math_grading import reference_answer, reference_solution
 
@@ -23,39 +25,6 @@ SENTINEL = "\u2063ITEM\u2063"
 PAIR_LABELS = ("A", "B")
 PAIR_LEAD = "Verdict: "
 SCORE_LEAD = "Score: "
-
-
-@dataclass(frozen=True)
-class Rubric:
-    criteria: str
-    low: int
-    high: int
-    output: str
-
-    @property
-    def score_values(self) -> List[int]:
-        return list(range(self.low, self.high + 1))
-
-
-def parse_rubric(text: str) -> Rubric:
-    """judge.rubric: one line of JSON {"criteria": str, "scale": [low, high], "output": str}."""
-    if "\n" in text.strip():
-        raise ConfigError("judge.rubric: must be a single line of JSON")
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"judge.rubric: not valid JSON ({e.msg})") from None
-    if not isinstance(obj, dict):
-        raise ConfigError("judge.rubric: must be a JSON object")
-    criteria = obj.get("criteria")
-    if not isinstance(criteria, str) or not criteria.strip():
-        raise ConfigError("judge.rubric: 'criteria' must be a non-empty string")
-    scale = obj.get("scale", [1, 5])
-    if (not isinstance(scale, list) or len(scale) != 2 or not all(isinstance(x, int) for x in scale)
-            or not 0 <= scale[0] < scale[1] <= 9):
-        raise ConfigError(f"judge.rubric: 'scale' must be [low, high] with 0 <= low < high <= 9, got {scale!r}")
-    return Rubric(criteria.strip(), scale[0], scale[1], str(obj.get("output", "a single digit")))
-
 
 REFERENCE_HEADERS = {"answer": "[Reference answer]", "solution": "[Reference solution]"}
 
@@ -80,8 +49,10 @@ def guided_request(prompt: str, row: Dict[str, Any], mode: str) -> str:
     return prompt if ref is None else f"{prompt}\n\n{REFERENCE_HEADERS[mode]}\n{ref}"
 
 
-def system_text(rubric: Rubric, mode: str, reference: str = "none") -> str:
-    head = f"You are an impartial judge. Criteria: {rubric.criteria}."
+def system_text(rubric: Rubric, mode: str, reference: str = "none", criterion: int = 0) -> str:
+    """The system turn of the judge prompt for one criterion of the rubric (the string form's only criterion is shown
+    exactly as written)."""
+    head = f"You are an impartial judge. Criteria: {rubric.criteria[criterion].text}."
     if reference != "none":  # "answer" or "solution"
         head += (f" When the request is followed by a reference {reference}, it is correct: a response whose final "
                  f"answer differs from the reference {reference}'s is wrong.")
@@ -160,9 +131,13 @@ def select_demos(pool: Sequence[Dict[str, Any]], k: int, seed: int) -> List[Dict
 
 
 class JudgePrompter:
-    """Builds prefix/suffix token ids for one judge configuration (rubric, mode, demonstrations, tokenizer)."""
+    """Builds prefix/suffix token ids for one judge configuration (rubric criterion, mode, demonstrations, tokenizer).
 
-    def __init__(self, tokenizer, cfg: JudgeConfig, demos: Sequence[Dict[str, Any]] = ()):
+    ``rubric`` (default: judge.rubric parsed) and ``criterion`` (its index in rubric.criteria) pick what the system
+    turn shows; the verdict tokens depend on the mode and the rubric's scale only."""
+
+    def __init__(self, tokenizer, cfg: JudgeConfig, demos: Sequence[Dict[str, Any]] = (),
+                 rubric: Optional[Rubric] = None, criterion: int = 0):
         if cfg.mode not in ("pairwise", "pointwise"):
             raise ConfigError(f"judge.mode: {cfg.mode!r} is not one of ['pairwise', 'pointwise']")
         self.tok = tokenizer
@@ -171,7 +146,8 @@ class JudgePrompter:
         if cfg.reference not in REFERENCE_HEADERS and cfg.reference != "none":
             raise ConfigError(f"judge.reference: {cfg.reference!r} is not one of ['none', 'answer', 'solution']")
         self.reference = cfg.reference
-        self.rubric = parse_rubric(cfg.rubric)
+        self.rubric = parse_rubric(cfg.rubric) if rubric is None else rubric
+        self.criterion = criterion
         if self.mode == "pairwise":
             self.labels = list(PAIR_LABELS)
             self.lead_ids, self.verdict_ids = verdict_token_ids(tokenizer, PAIR_LEAD, self.labels)
@@ -211,7 +187,7 @@ class JudgePrompter:
         return turns
 
     def _build_template(self) -> None:
-        system = system_text(self.rubric, self.mode, self.reference)
+        system = system_text(self.rubric, self.mode, self.reference, self.criterion)
         messages = [{"role": "system", "content": system}] + self.demo_turns()
         rendered = render_chat(self.tok, messages + [{"role": "user", "content": SENTINEL}])
         if rendered.count(SENTINEL) != 1:

@@ -3,28 +3,44 @@
 Pairwise: P(A better) = mean of P("A" | A shown first) and P("B" | A shown second), each a softmax over the logits of
 the two verdict tokens only. Pointwise: the expected score over the rubric's score tokens. Nothing is parsed from
 generated text; ``rationale`` generates an explanation for inspection only.
+
+A rubric with several criteria is judged once per criterion (each with its own prompt prefix and prefix KV cache) and
+the score is the weighted mean (weights normalised to sum 1); the per-criterion means go to ``last_metrics`` as
+``criterion/<name>_mean``. Items may carry their own rubric (``rubrics=``, one per item: a per-prompt rubric column);
+items are grouped by rubric, so without per-item rubrics every item is scored in one group exactly as before.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
 from rlhf.config import JudgeConfig, ModelConfig
 from rlhf.judge.prefix_forward import PrefixCache, batched_verdict_logits
-from rlhf.judge.prompts import JudgePrompter, load_demo_pool, select_demos
+from rlhf.judge.prompts import (
+    JudgePrompter,
+    Rubric,
+    load_demo_pool,
+    parse_rubric,
+    select_demos,
+)
 from rlhf.judge.verdict import (
+    criterion_means,
     expected_score,
     position_bias,
     symmetric_pairwise,
     verdict_probs,
+    weighted_total,
 )
 from rlhf.model.load import load_causal_lm
 from rlhf.model.shared import model_scope
 
 log = logging.getLogger(__name__)
+
+
+RubricSpec = Union[None, str, Rubric]  # a per-item rubric: None = judge.rubric, else its JSON text or parsed form
 
 
 class RubricJudge:
@@ -34,8 +50,11 @@ class RubricJudge:
         self.tok = tokenizer
         self.cfg = cfg
         self.device = torch.device(device)
-        self.prompter = JudgePrompter(tokenizer, cfg, demos)
-        self._cache: Optional[PrefixCache] = None
+        self.prompter = JudgePrompter(tokenizer, cfg, demos)  # judge.rubric's first (often only) criterion
+        self.rubric = self.prompter.rubric
+        self._prompters: Dict[Tuple[Rubric, int], JudgePrompter] = {(self.rubric, 0): self.prompter}
+        self._caches: Dict[Tuple[Rubric, int], PrefixCache] = {}
+        self._parsed: Dict[str, Rubric] = {}
         self.last_metrics: Dict[str, float] = {}
 
     @property
@@ -46,69 +65,145 @@ class RubricJudge:
     def pad_id(self) -> int:
         return self.tok.pad_token_id if self.tok.pad_token_id is not None else self.tok.eos_token_id
 
+    # ----------------------------------------------------------------------------------------- rubrics, prompters
+    def rubric_of(self, spec: RubricSpec) -> Rubric:
+        """judge.rubric for None or "", else the given rubric (JSON text parsed once and remembered)."""
+        if spec is None or isinstance(spec, Rubric):
+            return self.rubric if spec is None else spec
+        if not spec.strip():
+            return self.rubric
+        if spec not in self._parsed:
+            self._parsed[spec] = parse_rubric(spec, "rubric")
+        return self._parsed[spec]
+
+    def criterion_prompters(self, spec: RubricSpec = None) -> List[JudgePrompter]:
+        """One prompter (one prefix) per criterion of the rubric, built once and kept."""
+        rubric = self.rubric_of(spec)
+        out = []
+        for c in range(len(rubric.criteria)):
+            if (rubric, c) not in self._prompters:
+                self._prompters[(rubric, c)] = JudgePrompter(self.tok, self.cfg, self.prompter.demos, rubric, c)
+            out.append(self._prompters[(rubric, c)])
+        return out
+
+    def rubric_groups(self, n: int, rubrics: Optional[Sequence[RubricSpec]]) -> List[Tuple[Rubric, List[int]]]:
+        """[(rubric, item indices)] in first-seen order; without per-item rubrics, judge.rubric for all n items."""
+        if rubrics is None:
+            return [(self.rubric, list(range(n)))]
+        if len(rubrics) != n:
+            raise ValueError(f"{len(rubrics)} rubrics for {n} items")
+        groups: Dict[Rubric, List[int]] = {}
+        for i, spec in enumerate(rubrics):
+            groups.setdefault(self.rubric_of(spec), []).append(i)
+        return list(groups.items())
+
     def invalidate_cache(self) -> None:
         """Call after the weights change (e.g. LoRA training): the cached prefix keys/values are stale."""
-        self._cache = None
+        self._caches.clear()
 
-    def prefix_cache(self) -> PrefixCache:
-        if self._cache is None:
-            self._cache = PrefixCache(self.model, self.prompter.prefix_ids, self.device)
-        return self._cache
+    def prefix_cache(self, prompter: Optional[JudgePrompter] = None) -> PrefixCache:
+        """The KV cache of one criterion's prefix (default: judge.rubric's first criterion), computed once."""
+        pr = self.prompter if prompter is None else prompter
+        key = (pr.rubric, pr.criterion)
+        if key not in self._caches:
+            self._caches[key] = PrefixCache(self.model, pr.prefix_ids, self.device)
+        return self._caches[key]
 
     # ------------------------------------------------------------------------------------------------- raw logits
-    def verdict_logits(self, suffixes: Sequence[Sequence[int]], use_cache: Optional[bool] = None) -> torch.Tensor:
-        """(N, K) logits of the verdict tokens after prefix + suffix_i."""
+    def verdict_logits(self, suffixes: Sequence[Sequence[int]], use_cache: Optional[bool] = None,
+                       prompter: Optional[JudgePrompter] = None) -> torch.Tensor:
+        """(N, K) logits of the verdict tokens after prefix + suffix_i (the prefix of ``prompter``, default
+        judge.rubric's first criterion)."""
+        pr = self.prompter if prompter is None else prompter
         use_cache = self.cfg.reuse_prefix_cache if use_cache is None else use_cache
         self.model.eval()
         with model_scope(self.model):  # on a shared base: the judge's adapter (or none) for the whole batch
-            cache = self.prefix_cache() if use_cache else None
-            return batched_verdict_logits(self.model, self.prompter.prefix_ids, suffixes, self.prompter.verdict_ids,
-                                          self.pad_id, self.device, self.cfg.eval_batch_size, cache)
+            cache = self.prefix_cache(pr) if use_cache else None
+            return batched_verdict_logits(self.model, pr.prefix_ids, suffixes, pr.verdict_ids, self.pad_id,
+                                          self.device, self.cfg.eval_batch_size, cache)
 
     # --------------------------------------------------------------------------------------------------- pairwise
     def pair_order_probs(self, prompts: Sequence[str], first: Sequence[str], second: Sequence[str],
-                         use_cache: Optional[bool] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+                         use_cache: Optional[bool] = None,
+                         prompter: Optional[JudgePrompter] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """(p_ab, p_ba): verdict probabilities with ``first`` shown as A, then shown as B. Each (N, 2)."""
         self._require("pairwise")
+        pr = self.prompter if prompter is None else prompter
         n = len(prompts)
-        suffixes = [self.prompter.pair_suffix(p, a, b) for p, a, b in zip(prompts, first, second)]
-        suffixes += [self.prompter.pair_suffix(p, b, a) for p, a, b in zip(prompts, first, second)]
-        probs = verdict_probs(self.verdict_logits(suffixes, use_cache))
+        suffixes = [pr.pair_suffix(p, a, b) for p, a, b in zip(prompts, first, second)]
+        suffixes += [pr.pair_suffix(p, b, a) for p, a, b in zip(prompts, first, second)]
+        probs = verdict_probs(self.verdict_logits(suffixes, use_cache, pr))
         return probs[:n], probs[n:]
 
     def prob_first_better(self, prompts: Sequence[str], first: Sequence[str], second: Sequence[str],
-                          use_cache: Optional[bool] = None) -> torch.Tensor:
-        """(N,) P(first better than second), symmetric under swapping the two (sums to 1 with the swap)."""
+                          use_cache: Optional[bool] = None,
+                          rubrics: Optional[Sequence[RubricSpec]] = None) -> torch.Tensor:
+        """(N,) P(first better than second), symmetric under swapping the two (sums to 1 with the swap); with several
+        criteria, the weighted mean of the per-criterion probabilities. ``rubrics``: one per item (None: judge.rubric).
+        """
         if not len(prompts):
             return torch.zeros(0)
-        p_ab, p_ba = self.pair_order_probs(prompts, first, second, use_cache)
-        self.last_metrics = {"position_bias": float(position_bias(p_ab, p_ba).mean()),
-                             "order_agreement": float(((p_ab[:, 0] > 0.5) == (p_ba[:, 1] > 0.5)).float().mean())}
-        return symmetric_pairwise(p_ab, p_ba)
+        out = torch.empty(len(prompts), dtype=torch.float32)
+        bias: List[torch.Tensor] = []
+        agree: List[torch.Tensor] = []
+        per_criterion: Dict[str, List[torch.Tensor]] = {}
+        for rubric, idx in self.rubric_groups(len(prompts), rubrics):
+            sub = [[seq[i] for i in idx] for seq in (prompts, first, second)]
+            cols = []
+            for pr in self.criterion_prompters(rubric):
+                p_ab, p_ba = self.pair_order_probs(*sub, use_cache=use_cache, prompter=pr)
+                bias.append(position_bias(p_ab, p_ba))
+                agree.append((p_ab[:, 0] > 0.5) == (p_ba[:, 1] > 0.5))
+                cols.append(symmetric_pairwise(p_ab, p_ba))
+            out[idx] = self._aggregate(rubric, cols, per_criterion)
+        self.last_metrics = {"position_bias": float(torch.cat(bias).mean()),
+                             "order_agreement": float(torch.cat(agree).float().mean()),
+                             **criterion_means(per_criterion)}
+        return out
 
     # -------------------------------------------------------------------------------------------------- pointwise
-    def score_probs(self, prompts: Sequence[str], responses: Sequence[str],
-                    use_cache: Optional[bool] = None) -> torch.Tensor:
-        """(N, K) distribution over the rubric's score tokens."""
+    def score_probs(self, prompts: Sequence[str], responses: Sequence[str], use_cache: Optional[bool] = None,
+                    prompter: Optional[JudgePrompter] = None) -> torch.Tensor:
+        """(N, K) distribution over the rubric's score tokens (one criterion: ``prompter``'s)."""
         self._require("pointwise")
-        suffixes = [self.prompter.single_suffix(p, r) for p, r in zip(prompts, responses)]
-        return verdict_probs(self.verdict_logits(suffixes, use_cache))
+        pr = self.prompter if prompter is None else prompter
+        suffixes = [pr.single_suffix(p, r) for p, r in zip(prompts, responses)]
+        return verdict_probs(self.verdict_logits(suffixes, use_cache, pr))
 
-    def pointwise_scores(self, prompts: Sequence[str], responses: Sequence[str],
-                         use_cache: Optional[bool] = None) -> torch.Tensor:
-        """(N,) expected rubric score in [low, high]."""
+    def pointwise_scores(self, prompts: Sequence[str], responses: Sequence[str], use_cache: Optional[bool] = None,
+                         rubrics: Optional[Sequence[RubricSpec]] = None) -> torch.Tensor:
+        """(N,) expected rubric score in [low, high]; with several criteria, the weighted mean of the per-criterion
+        expected scores. ``rubrics``: one per item (None: judge.rubric)."""
         if not len(prompts):
             return torch.zeros(0)
-        return expected_score(self.score_probs(prompts, responses, use_cache), self.prompter.rubric.score_values)
+        out = torch.empty(len(prompts), dtype=torch.float32)
+        per_criterion: Dict[str, List[torch.Tensor]] = {}
+        for rubric, idx in self.rubric_groups(len(prompts), rubrics):
+            sub = [[seq[i] for i in idx] for seq in (prompts, responses)]
+            cols = [expected_score(self.score_probs(*sub, use_cache=use_cache, prompter=pr), rubric.score_values)
+                    for pr in self.criterion_prompters(rubric)]
+            out[idx] = self._aggregate(rubric, cols, per_criterion)
+        self.last_metrics = criterion_means(per_criterion)
+        return out
+
+    def _aggregate(self, rubric: Rubric, cols: List[torch.Tensor],
+                   per_criterion: Dict[str, List[torch.Tensor]]) -> torch.Tensor:
+        """The weighted total of one rubric's criterion scores; a multi-criterion rubric's scores are kept by name
+        for the criterion/<name>_mean metrics."""
+        if len(cols) > 1:
+            for name, col in zip(rubric.names, cols):
+                per_criterion.setdefault(name, []).append(col)
+        return weighted_total(torch.stack(cols, dim=1), rubric.weights)
 
     # ------------------------------------------------------------------------------------------------ pair scorer
-    def score_pairs(self, prompts: Sequence[str], chosen: Sequence[str],
-                    rejected: Sequence[str]) -> Tuple[List[float], List[float]]:
+    def score_pairs(self, prompts: Sequence[str], chosen: Sequence[str], rejected: Sequence[str],
+                    rubrics: Optional[Sequence[RubricSpec]] = None) -> Tuple[List[float], List[float]]:
         """Scores for (chosen, rejected): P(chosen better) and its complement, or the two pointwise scores."""
         if self.mode == "pairwise":
-            p = self.prob_first_better(prompts, chosen, rejected)
+            p = self.prob_first_better(prompts, chosen, rejected, rubrics=rubrics)
             return p.tolist(), (1.0 - p).tolist()
-        s = self.pointwise_scores(list(prompts) * 2, list(chosen) + list(rejected))
+        s = self.pointwise_scores(list(prompts) * 2, list(chosen) + list(rejected),
+                                  rubrics=None if rubrics is None else list(rubrics) * 2)
         n = len(prompts)
         return s[:n].tolist(), s[n:].tolist()
 

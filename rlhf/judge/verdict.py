@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Dict, List, Sequence
 
 import torch
 
@@ -30,3 +30,16 @@ def expected_score(probs: torch.Tensor, values: Sequence[float]) -> torch.Tensor
 def position_bias(p_ab: torch.Tensor, p_ba: torch.Tensor) -> torch.Tensor:
     """Mean P("A") over both orders minus 0.5: > 0 means the judge favours whichever response is shown first."""
     return 0.5 * (p_ab[:, 0] + p_ba[:, 0]) - 0.5
+
+
+def weighted_total(scores: torch.Tensor, weights: Sequence[float]) -> torch.Tensor:
+    """(N, C) per-criterion scores -> (N,) sum_c w_c * s_c (weights already normalised to sum 1). One criterion of
+    weight 1 returns its column unchanged, bit for bit."""
+    w = torch.as_tensor(list(weights), dtype=scores.dtype, device=scores.device)
+    return (scores * w).sum(-1)
+
+
+def criterion_means(per_criterion: Dict[str, List[torch.Tensor]]) -> Dict[str, float]:
+    """{name: [score tensors]} -> {"criterion/<name>_mean": mean over all the scores of that criterion}."""
+    return {f"criterion/{name}_mean": float(torch.cat(parts).float().mean())
+            for name, parts in per_criterion.items() if sum(p.numel() for p in parts)}

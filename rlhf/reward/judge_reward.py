@@ -4,6 +4,8 @@ Signals (reward.judge_signal) for rubric_judge / lora_judge:
   pointwise  expected rubric score of each response;
   pairwise   P(response better than the dataset's reference solution), both A/B orders averaged.
 bt_rm: the RM's scalar score. Every signal then goes through reward = reward.scale * signal + reward.shift.
+A judge scores a prompt whose metadata carries a ``rubric`` (the dataset's per-row rubric column) with that rubric
+instead of judge.rubric; with several criteria, the per-criterion means are logged as judge_criterion/<name>_mean.
 Without reward.checkpoint, a lora_judge / bt_rm is trained first (synthetic_prefs train split) in the same run,
 saved to <run_dir>/judge, its metrics sent to context.log(..., prefix="judge") or <run_dir>/judge_metrics.jsonl.
 A rubric_judge / lora_judge runs on the actor's own base model when judge.share_base allows it (rubric: adapters off,
@@ -49,6 +51,13 @@ def reference_text(meta: Dict[str, Any]) -> str:
     return ref
 
 
+def item_rubrics(metas: List[Dict[str, Any]]) -> Optional[List[Optional[str]]]:
+    """Each prompt's own judge rubric (TaskItem.meta["rubric"], from the dataset's rubric column; None: judge.rubric),
+    or None when no prompt has one."""
+    rubrics = [m.get("rubric") or None for m in metas]
+    return rubrics if any(rubrics) else None
+
+
 def affine(signal: torch.Tensor, scale: float, shift: float) -> torch.Tensor:
     return (signal.float() * scale + shift).to(torch.float32)
 
@@ -88,13 +97,14 @@ class JudgeReward:
     def raw_signal(self, prompts: List[str], responses: List[str], metas: List[Dict[str, Any]]) -> torch.Tensor:
         if self.signal == "rm":
             return self.scorer.score(prompts, responses, batch_size=self.cfg.judge.eval_batch_size)
+        rubrics = item_rubrics(metas)
         if self.signal == "pointwise":
-            return self.scorer.pointwise_scores(prompts, responses)
+            return self.scorer.pointwise_scores(prompts, responses, rubrics=rubrics)
         missing = [i for i, m in enumerate(metas) if not (m.get("reference") or m.get("answer"))]
         if missing:
             raise ValueError(f"reward.judge_signal=pairwise needs a reference reply or answer for every prompt; "
                              f"missing for sample {missing[0]}")
-        return self.scorer.prob_first_better(prompts, responses, [reference_text(m) for m in metas])
+        return self.scorer.prob_first_better(prompts, responses, [reference_text(m) for m in metas], rubrics=rubrics)
 
     def score_replies(self, metas: List[Dict[str, Any]], replies: List[str]) -> torch.Tensor:
         prompts = [self.judge_prompt_of(m) or "" for m in metas]

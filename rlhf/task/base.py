@@ -2,7 +2,9 @@
 
 A `TaskItem` is one prompt: the chat messages the policy sees (before the task's system prompt), the text a judge or
 reward model sees as the prompt, and the references rewards may use (`answer`: a GSM8K-format reference answer for
-verifiable math; `reference`: a reference reply for chat). The trainer only ever sees `TaskItem`s and `TaskMetrics`.
+verifiable math; `reference`: a reference reply for chat), plus an optional per-prompt judge rubric (`rubric`, from
+the dataset's rubric column) that a judge reward uses instead of judge.rubric. The trainer only ever sees `TaskItem`s
+and `TaskMetrics`.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ class TaskItem:
     judge_prompt: str  # the prompt as a judge / RM reads it
     answer: Optional[str] = None  # math: GSM8K-format reference answer ("... #### 72")
     reference: Optional[str] = None  # chat: a reference reply (win rate is measured against it)
+    rubric: Optional[str] = None  # the row's own judge rubric (one-line JSON), used instead of judge.rubric
 
     @property
     def meta(self) -> Dict[str, Any]:
@@ -35,6 +38,8 @@ class TaskItem:
             out["answer"] = self.answer
         if self.reference is not None:
             out["reference"] = self.reference
+        if self.rubric is not None:
+            out["rubric"] = self.rubric
         return out
 
 

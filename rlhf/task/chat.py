@@ -48,7 +48,8 @@ class ChatTask(PromptTask):
                 messages = transcript_messages(r["prompt"])
             except ValueError as e:
                 raise ValueError(f"dataset {self.name} row {i}: {e}") from None
-            out.append(TaskItem(messages=messages, judge_prompt=r["prompt"], reference=r["chosen"]))
+            out.append(TaskItem(messages=messages, judge_prompt=r["prompt"], reference=r["chosen"],
+                                rubric=r.get("rubric")))
         if not out:
             raise ValueError(f"dataset {self.name}: the {split} split has no prompts")
         return out
