@@ -55,7 +55,7 @@ test-fast: $(STAMP) $(PEERS)
 	$(PYTHON) -m pytest -q -m "not slow and not vllm" $(ARGS)
 
 # the paper tables (conf/experiment/table_*.yaml) into results/<name>.md/.json; finished rows are reused
-TABLES       ?= judges ablations actor robust_bt routing judge_robustness self_reward
+TABLES       ?= judges ablations actor rationales robust_bt routing judge_robustness self_reward
 TABLES_QUICK ?= 0
 tables: $(STAMP)
 	@set -e; for t in $(TABLES); do \

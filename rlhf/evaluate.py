@@ -10,6 +10,7 @@ Model-based (generate or score with a model from the config groups):
   task=judge_robustness reward=... limit=60                  master-key replies vs real ones: false-positive rates
   task=routing reward=routed limit=120                       RM + judge accuracy against the judge-call fraction
   task=rewardbench2 scores=FILE.jsonl | dataset=rewardbench2 reward=...   best-of-4 subsets, Ties, unweighted mean
+  task=rationales reward=rubric_judge|lora_judge limit=40    judge explanations vs reference rationales (embeddings)
 Bad input (a missing key, a bad value, an input file that is missing, empty or malformed, scores that are not finite
 numbers) is refused before anything is written: one `error: <key>: ...` line per problem on stderr, exit status 2.
 """
@@ -53,6 +54,7 @@ TASKS = {
     "judge_robustness": "rlhf.eval.judge_robustness:run_task",
     "routing": "rlhf.eval.routing:run_task",
     "rewardbench2": "rlhf.eval.rewardbench2:run_task",
+    "rationales": "rlhf.eval.rationales:run_task",
 }
 
 
@@ -124,6 +126,13 @@ def _mode_errors(cfg: EvaluateConfig) -> List[str]:
     """The task needs its file, or a model mode it can run; a file the task does not read is an error, not ignored."""
     errors: List[str] = []
     task = cfg.task
+    if task == "rationales":  # model mode only: a judge explains its verdicts
+        errors += [f"{key}: task={task} reads no file; the judge writes the rationales it is scored on"
+                   for key in ("predictions", "scores") if getattr(cfg, key) is not None]
+        if cfg.reward.name not in ("rubric_judge", "lora_judge"):
+            errors.append(f"reward.name: task=rationales needs a judge that writes explanations (rubric_judge or "
+                          f"lora_judge); got {cfg.reward.name}")
+        return errors
     if task == "routing":  # model mode only: an RM and a judge score the preference source's test pairs
         errors += [f"{key}: task={task} reads no file; it scores the test pairs with an RM and a judge"
                    for key in ("predictions", "scores") if getattr(cfg, key) is not None]

@@ -4,7 +4,8 @@ Sources (``dataset.name``):
   synthetic_prefs  embedded, built offline from synthetic_math word problems (one step by default): a correct worked
                    solution versus an arithmetic slip, a wrong operation, an evasive refusal, a padded verbose wrong
                    answer, a reply in the wrong format and a correct solution of a different problem. Subsets map onto
-                   RewardBench sections (rlhf/eval/rewardbench.py SYNTHETIC_SECTIONS). Seeded; train and test never
+                   RewardBench sections (rlhf/eval/rewardbench.py SYNTHETIC_SECTIONS). Every row carries a reference
+                   rationale (why the chosen reply is better, HH-Rationales style). Seeded; train and test never
                    share a calculation.
   synthetic_chat   embedded everyday assistant requests: a concrete reference reply versus a refusal, an off-topic,
                    curt or dismissive reply, or an answer about another topic (rlhf/dataset/synthetic_chat.py).
@@ -90,33 +91,43 @@ def _slip(rng: random.Random, res: int) -> int:
     return res + 1
 
 
-def make_pair(rng: random.Random, p: dict[str, Any], subset: str, other: dict[str, Any]) -> tuple[str, str]:
-    """(chosen, rejected) for one problem (synthetic_math.draw_problem's dict) and subset; ``other`` is a different
-    problem (for synth-offtopic). chosen is the plain worked solution, ending in ``#### <result>``."""
+def make_pair(rng: random.Random, p: dict[str, Any], subset: str,
+              other: dict[str, Any]) -> tuple[str, str, str]:
+    """(chosen, rejected, rationale) for one problem (synthetic_math.draw_problem's dict) and subset; ``other`` is a
+    different problem (for synth-offtopic). chosen is the plain worked solution, ending in ``#### <result>``; the
+    rationale says why it is the better reply, in the HH-Rationales style (a reference for judge explanations)."""
     op, a, b, res = _last_step(p)
     sym = SYMBOL[op]
     chosen = p["solution"]
     if subset == "synth-slip":
-        rejected = worked_solution(p, annotate=False, last_result=_slip(rng, res))
+        wrong = _slip(rng, res)
+        rejected = worked_solution(p, annotate=False, last_result=wrong)
+        why = f"The better reply computes {a} {sym} {b} = {res} correctly; the other slips and gets {wrong}."
     elif subset == "synth-wrong-op":
         wop, wrong = _wrong_op_result(p)
         rejected = worked_solution(p, annotate=False, last_op=wop, last_result=wrong)
+        why = (f"The better reply uses the operation the problem asks for ({a} {sym} {b} = {res}); the other uses "
+               f"{SYMBOL[wop]} instead and gets {wrong}.")
     elif subset == "synth-refusal":
         rejected = rng.choice(_REFUSALS)
+        why = f"The better reply solves the problem and answers {res}; the other refuses a harmless math question."
     elif subset == "synth-verbose":
         wrong = _slip(rng, res)
         pad = rng.sample(_PADDING[:-1], 3)
         rejected = (f"{pad[0]} {pad[1]} The question says: {p['question']} {pad[2]} "
                     f"So we compute {a} {sym} {b}, which gives {wrong}. {_PADDING[-1]}\n#### {wrong}")
+        why = f"The better reply is concise and correct ({res}); the other pads its answer with filler and gets {wrong}."
     elif subset == "synth-format":
         worked = " ".join(chosen.split("\n")[:-1])  # the solution without its "#### N" line
         rejected = rng.choice([f"{worked} The answer is {res}.", f"The answer is {res}",
                                f"Answer: {res} (because {a} {sym} {b} = {res})"])
+        why = f"Both reach {res}, but only the better reply ends with the requested '#### {res}' line."
     elif subset == "synth-offtopic":
         rejected = other["solution"]
+        why = f"The better reply answers this question ({res}); the other solves a different problem."
     else:
         raise ValueError(f"synthetic_prefs: unknown subset {subset!r}")
-    return chosen, rejected
+    return chosen, rejected, why
 
 
 def synthetic_rows(cfg: DatasetConfig, split: str) -> list[dict[str, Any]]:
@@ -137,9 +148,9 @@ def synthetic_rows(cfg: DatasetConfig, split: str) -> list[dict[str, Any]]:
         subset = SYNTH_SUBSETS[i % len(SYNTH_SUBSETS)]
         ahead = problems[i + 1:i + 1 + _AHEAD]
         other = next((q for q in ahead if q["final_answer"] != p["final_answer"]), ahead[0])
-        chosen, rejected = make_pair(rng, p, subset, other)
+        chosen, rejected, why = make_pair(rng, p, subset, other)
         rows.append({"prompt": judge_prompt(p["question"], cfg.system_prompt), "chosen": chosen, "rejected": rejected,
-                     "subset": subset, "question": p["question"], "answer": p["answer"]})
+                     "subset": subset, "question": p["question"], "answer": p["answer"], "rationale": why})
     return rows
 
 
