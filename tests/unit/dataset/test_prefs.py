@@ -33,7 +33,7 @@ def test_synthetic_prefs_disjoint_seeded_and_balanced():
     cfg = DatasetConfig(name="synthetic_prefs", num_train=120, num_test=60, seed=3)
     train, test = prefs.load_pref_split(cfg, "train"), prefs.load_pref_split(cfg, "test")
     assert len(train) == 120 and len(test) == 60
-    assert train.column_names == ["prompt", "chosen", "rejected", "subset"]
+    assert train.column_names == ["prompt", "chosen", "rejected", "subset", "rationale"]
     assert not set(train["prompt"]) & set(test["prompt"])
     assert prefs.load_pref_split(cfg, "test")["chosen"] == test["chosen"]  # seeded
     other = prefs.load_pref_split(DatasetConfig(name="synthetic_prefs", num_train=120, num_test=60, seed=4), "test")
