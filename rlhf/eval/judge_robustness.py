@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 def meta_of(row: Dict[str, Any]) -> Dict[str, Any]:
     """A preference row as the task metadata a reward reads (math rows keep question and answer)."""
     meta = {"judge_prompt": row["prompt"]}
-    for key in ("question", "answer", "reference"):
+    for key in ("question", "answer", "reference", "rubric"):
         if row.get(key):
             meta[key] = row[key]
     return meta

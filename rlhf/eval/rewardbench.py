@@ -233,7 +233,12 @@ def model_score_rows(cfg: Any) -> List[Dict[str, Any]]:
         data = data.select(range(min(cfg.limit, len(data))))
     scorer = build_pair_scorer(cfg.reward, cfg.judge, cfg.model, cfg.hardware, checkpoint=cfg.checkpoint,
                                seed=cfg.seed)
-    sc, sr = scorer.score_pairs(list(data["prompt"]), list(data["chosen"]), list(data["rejected"]))
+    args = (list(data["prompt"]), list(data["chosen"]), list(data["rejected"]))
+    rubrics = list(data["rubric"]) if "rubric" in data.column_names else []
+    if any(rubrics) and hasattr(scorer, "prompter"):  # rows with their own rubric are judged with it
+        sc, sr = scorer.score_pairs(*args, rubrics=rubrics)
+    else:
+        sc, sr = scorer.score_pairs(*args)
     return [{"subset": s, "score_chosen": float(c), "score_rejected": float(r)}
             for s, c, r in zip(data["subset"], sc, sr)]
 

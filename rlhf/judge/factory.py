@@ -91,14 +91,18 @@ def heldout_pairs(dataset_cfg: Optional[DatasetConfig], n: int) -> List[Dict[str
 def pair_accuracy(scorer: Any, rows: Sequence[Dict[str, Any]], batch_size: int = 8,
                   progress: Optional[bool] = None) -> float:
     """Fraction of pairs whose chosen reply the scorer ranks above the rejected one (a tie counts 1/2). A
-    reference-guided judge (judge.reference) is shown each row's reference."""
+    reference-guided judge (judge.reference) is shown each row's reference, and a row's own rubric is used."""
     prompter = getattr(scorer, "prompter", None)  # rubric / LoRA judges; a BT RM reads the plain prompt
     request = prompter.request if prompter is not None else (lambda r: r["prompt"])
     wins = 0.0
     for start in tqdm(range(0, len(rows), batch_size), desc="judge held-out pairs", leave=False, disable=progress):
         batch = rows[start: start + batch_size]
-        sc, sr = scorer.score_pairs([request(r) for r in batch], [r["chosen"] for r in batch],
-                                    [r["rejected"] for r in batch])
+        args = ([request(r) for r in batch], [r["chosen"] for r in batch], [r["rejected"] for r in batch])
+        rubrics = [r.get("rubric") for r in batch]
+        if prompter is not None and any(rubrics):  # a judge scores a row that has its own rubric with it
+            sc, sr = scorer.score_pairs(*args, rubrics=rubrics)
+        else:
+            sc, sr = scorer.score_pairs(*args)
         wins += sum(1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(sc, sr))
     return wins / max(len(rows), 1)
 

@@ -64,8 +64,10 @@ class RoutedReward:
             routed = pairs[mask]
             jp = [self.judge.judge_prompt_of(metas[int(i)]) or rollout.prompts[rollout.prompt_index(int(i))]
                   for i in routed[:, 0]]
+            rubrics = [metas[int(i)].get("rubric") for i in routed[:, 0]]  # the item's own rubric, if any
             judged = self.judge.scorer.prob_first_better(jp, [responses[int(i)] for i in routed[:, 0]],
-                                                         [responses[int(j)] for j in routed[:, 1]]).float().cpu()
+                                                         [responses[int(j)] for j in routed[:, 1]],
+                                                         rubrics=rubrics if any(rubrics) else None).float().cpu()
             metrics["rm_judge_agreement"] = float(((p[mask] > 0.5) == (judged > 0.5)).float().mean())
             p = p.clone()
             p[mask] = judged

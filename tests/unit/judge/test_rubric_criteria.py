@@ -270,3 +270,30 @@ def test_lora_judge_trains_every_criterion_with_the_pair_label():
         assert float(with_cache[k].detach()) == pytest.approx(float(without[k].detach()), abs=1e-5)
     hist = train_lora_judge(judge, rows * 2, cfg)
     assert len(hist) == 2 and all(torch.isfinite(torch.tensor(h["loss"])) for h in hist)
+
+
+def test_pair_accuracy_passes_each_rows_rubric_to_a_judge():
+    from rlhf.judge.factory import pair_accuracy
+
+    class Prompter:
+        def request(self, row):
+            return row["prompt"]
+
+    class Judge:
+        prompter = Prompter()
+
+        def __init__(self):
+            self.seen = []
+
+        def score_pairs(self, prompts, chosen, rejected, rubrics=None):
+            self.seen.append(rubrics)
+            return [1.0] * len(prompts), [0.0] * len(prompts)
+
+    rows = [{"prompt": "p", "chosen": "c", "rejected": "r", "rubric": '{"criteria": "x", "scale": [1, 5]}'},
+            {"prompt": "q", "chosen": "c", "rejected": "r"}]
+    judge = Judge()
+    assert pair_accuracy(judge, rows, batch_size=2) == 1.0
+    assert judge.seen == [[rows[0]["rubric"], None]]
+    plain = Judge()
+    pair_accuracy(plain, [rows[1]], batch_size=2)
+    assert plain.seen == [None]  # no row rubric: the judge's own
