@@ -53,6 +53,21 @@ def tiny_lm():
     """Factory: `tiny_lm(seed=0, dtype="float32")` -> (model, tokenizer), a fresh tiny random causal LM per call."""
     return helpers.tiny_lm
 
+@pytest.fixture(scope="module")
+def tiny(tiny_lm):
+    """(model, tokenizer): a tiny random LM with larger weights than the 0.02 init (N(0, 0.15^2), seeded), so a
+    judge's verdict logits differ between items and criteria. Module-scoped: judge tests share one per file."""
+    import torch
+
+    model, tok = tiny_lm(seed=0)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.15)
+    model.eval()
+    return model, tok
+
 
 @pytest.fixture(scope="session")
 def tiny_policy():

@@ -21,8 +21,7 @@ from typing import Any, Dict, List, Tuple
 import torch
 from tqdm.auto import tqdm
 
-from rlhf.dataset.prefs import pref_rows
-from rlhf.judge.factory import pair_source
+from rlhf.judge.factory import eval_pairs
 from rlhf.judge.master_keys import HARDENING_KEYS, PROBE_KEYS
 from rlhf.reward import build_reward
 
@@ -81,14 +80,9 @@ def markdown(results: Dict[str, Any]) -> str:
 
 
 def run_task(cfg: Any) -> Tuple[Dict[str, Any], str]:
-    source = pair_source(cfg.dataset)
-    rows = pref_rows(source, "test")
-    if cfg.limit:
-        rows = rows[:cfg.limit]
-    if not rows:
-        raise ValueError(f"dataset.name: {source.name} has no test pairs to probe")
+    rows, source = eval_pairs(cfg.dataset, cfg.limit)
     if cfg.reward.name == "exact_match" and not all(r.get("answer") for r in rows):
-        raise ValueError(f"reward.name: exact_match needs a reference answer per item; {source.name} has none")
+        raise ValueError(f"reward.name: exact_match needs a reference answer per item; {source} has none")
     if cfg.checkpoint:
         cfg.reward.checkpoint = cfg.checkpoint
     # no run around it: the judge gets its own copy of the base model, on hardware.device
@@ -98,7 +92,7 @@ def run_task(cfg: Any) -> Tuple[Dict[str, Any], str]:
     correct, flawed, keys = score_items(reward, rows, cfg.judge.eval_batch_size)
     per_key = false_positive_rates(correct, flawed, keys)
     results = {
-        "reward": cfg.reward.name, "source": source.name, "n": len(rows),
+        "reward": cfg.reward.name, "source": source, "n": len(rows),
         "master_key_negatives": cfg.judge.master_key_negatives,
         "hardening_keys_disjoint": not set(PROBE_KEYS) & set(HARDENING_KEYS),
         "correct_mean_score": float(correct.mean()), "flawed_mean_score": float(flawed.mean()),

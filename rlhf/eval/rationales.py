@@ -24,8 +24,7 @@ import torch
 from sentence_transformers import SentenceTransformer
 from tqdm.auto import tqdm
 
-from rlhf.dataset.prefs import pref_rows
-from rlhf.judge.factory import build_pair_scorer, pair_source
+from rlhf.judge.factory import build_pair_scorer, eval_pairs
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +46,10 @@ def spread(xs: List[float]) -> Dict[str, float]:
 
 
 def run_task(cfg: Any) -> Tuple[Dict[str, Any], str]:
-    source = pair_source(cfg.dataset)
-    rows = [r for r in pref_rows(source, "test") if r.get("rationale")]
-    if cfg.limit:
-        rows = rows[:cfg.limit]
+    rows, source = eval_pairs(cfg.dataset)
+    rows = [r for r in rows if r.get("rationale")][:cfg.limit or None]
     if not rows:
-        raise ValueError(f"dataset.name: {source.name} has no test pairs with a reference rationale")
+        raise ValueError(f"dataset.name: {source} has no test pairs with a reference rationale")
     judge = build_pair_scorer(cfg.reward, replace(cfg.judge, mode="pairwise"), cfg.model, cfg.hardware,
                               checkpoint=cfg.checkpoint, seed=cfg.seed, dataset_cfg=cfg.dataset)
     generated = []
@@ -63,11 +60,11 @@ def run_task(cfg: Any) -> Tuple[Dict[str, Any], str]:
     sims = cosine_pairs(model, generated, refs).tolist()
     floor = cosine_pairs(model, refs, refs[1:] + refs[:1]).tolist() if len(refs) > 1 else []
     verdict_first = sum(g.split(":", 1)[0].strip() == "A" for g in generated) / len(generated)
-    results = {"reward": cfg.reward.name, "source": source.name, "n": len(rows),
+    results = {"reward": cfg.reward.name, "source": source, "n": len(rows),
                "similarity": spread(sims), "reference_vs_other_reference": spread(floor) if floor else None,
                "verdict_chosen_rate": verdict_first, "metric": "cosine similarity of all-MiniLM-L6-v2 embeddings",
                "examples": [{"generated": g, "reference": r} for g, r in zip(generated[:5], refs[:5])]}
-    md = (f"{cfg.reward.name} on {len(rows)} {source.name} pairs: rationale similarity to the reference "
+    md = (f"{cfg.reward.name} on {len(rows)} {source} pairs: rationale similarity to the reference "
           f"{results['similarity']['mean']:.3f} ± {results['similarity']['std']:.3f} (all-MiniLM-L6-v2 cosine; "
           f"reference vs another row's reference: "
           f"{results['reference_vs_other_reference']['mean'] if floor else float('nan'):.3f}); verdict picks the "

@@ -20,8 +20,7 @@ from typing import Any, Dict, Tuple
 
 import torch
 
-from rlhf.dataset.prefs import pref_rows
-from rlhf.judge.factory import build_pair_scorer, judge_cfg_for_signal, pair_source
+from rlhf.judge.factory import build_pair_scorer, judge_cfg_for_signal, eval_pairs
 from rlhf.judge.routing import pair_accuracy_of, routed_accuracy, uncertainty
 from rlhf.report.plots import plot_curves
 from rlhf.reward.routed import member_scores
@@ -43,12 +42,7 @@ def markdown(results: Dict[str, Any]) -> str:
 
 
 def run_task(cfg: Any) -> Tuple[Dict[str, Any], str]:
-    source = pair_source(cfg.dataset)
-    rows = pref_rows(source, "test")
-    if cfg.limit:
-        rows = rows[:cfg.limit]
-    if not rows:
-        raise ValueError(f"dataset.name: {source.name} has no test pairs")
+    rows, source = eval_pairs(cfg.dataset, cfg.limit)
     rm = build_pair_scorer(replace(cfg.reward, name="bt_rm"), cfg.judge, cfg.model, cfg.hardware,
                            checkpoint=cfg.reward.checkpoint or cfg.checkpoint, seed=cfg.seed, dataset_cfg=cfg.dataset)
     judge_reward = replace(cfg.reward, name=cfg.reward.route_judge, checkpoint=cfg.reward.judge_checkpoint,
@@ -69,7 +63,7 @@ def run_task(cfg: Any) -> Tuple[Dict[str, Any], str]:
     rules["random"] = None
     acc = routed_accuracy(rm_p, judge_p, FRACTIONS, rules, random_draws=50, seed=cfg.seed)
     results = {"rm": f"bt_rm x{scores.shape[0]}" if scores.shape[0] > 1 else "bt_rm",
-               "judge": cfg.reward.route_judge, "source": source.name, "n": n, "fractions": list(FRACTIONS),
+               "judge": cfg.reward.route_judge, "source": source, "n": n, "fractions": list(FRACTIONS),
                "rm_accuracy": pair_accuracy_of(rm_p), "judge_accuracy": pair_accuracy_of(judge_p), "accuracy": acc}
     plot_curves([100 * f for f in FRACTIONS], {k: [100 * a for a in v] for k, v in acc.items()},
                 Path(cfg.output).expanduser().with_suffix(".png"), f"RM + judge routing ({n} held-out pairs)",

@@ -11,7 +11,7 @@ import logging
 import random
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from tqdm.auto import tqdm
@@ -81,6 +81,16 @@ def judge_training_pairs(dataset_cfg: Optional[DatasetConfig], judge_cfg: JudgeC
     if judge_cfg.master_key_negatives > 0:
         rows = with_master_key_negatives(rows, judge_cfg.master_key_negatives, seed)
     return rows
+
+
+def eval_pairs(dataset_cfg: Optional[DatasetConfig], limit: int = 0) -> Tuple[List[Dict[str, Any]], str]:
+    """(the first ``limit`` test pairs of pair_source(dataset_cfg) (0: all), its dataset name); no pairs fails."""
+    source = pair_source(dataset_cfg)
+    rows = pref_rows(source, "test")
+    rows = rows[:limit] if limit else rows
+    if not rows:
+        raise ValueError(f"dataset.name: {source.name} has no test pairs")
+    return rows, source.name
 
 
 def heldout_pairs(dataset_cfg: Optional[DatasetConfig], n: int) -> List[Dict[str, Any]]:

@@ -30,6 +30,17 @@ PANELS = [
 ]
 
 
+def save_figure(fig: "plt.Figure", out_path: Path) -> Path:
+    """Writes the figure as PNG atomically (temp file + rename) and closes it."""
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(out_path)
+    return out_path
+
+
 def plot_metrics(metrics_path: Path, out_path: Path, keys: Optional[List[str]] = None) -> Optional[Path]:
     rows = read_metrics(metrics_path)
     panels = [(k, t) for k, t in PANELS if (keys is None or k in keys) and any(k in r for r in rows)]
@@ -49,12 +60,7 @@ def plot_metrics(metrics_path: Path, out_path: Path, keys: Optional[List[str]] =
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     fig.tight_layout()
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(out_path)
-    return out_path
+    return save_figure(fig, out_path)
 
 
 def plot_curves(xs: List[float], series: Dict[str, List[float]], out_path: Path, title: str, xlabel: str,
@@ -69,13 +75,7 @@ def plot_curves(xs: List[float], series: Dict[str, List[float]], out_path: Path,
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(out_path)
-    return out_path
+    return save_figure(fig, out_path)
 
 
 def plot_overlaid(curves: Dict[str, Dict[str, List[Tuple[float, float]]]], titles: Dict[str, str],
@@ -100,10 +100,4 @@ def plot_overlaid(curves: Dict[str, Dict[str, List[Tuple[float, float]]]], title
         fig.tight_layout(rect=(0, 0.06 + 0.03 * ((len(labels) - 1) // 3), 1, 1))
     else:
         fig.tight_layout()
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(out_path)
-    return out_path
+    return save_figure(fig, out_path)

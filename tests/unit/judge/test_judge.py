@@ -32,16 +32,6 @@ ITEMS = (["What is 10 + 5?", "Tom has 4 apples and eats one. How many are left?"
          ["10 + 5 = 16.\n#### 16", "I'd rather not say.", "3 + 4 = 8, a long winded answer with many words in it"])
 
 
-@pytest.fixture(scope="module")
-def tiny(tiny_lm):
-    model, tok = tiny_lm(seed=0)
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():  # larger weights than the 0.02 init, so verdict logits actually differ between items
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.15)
-    model.eval()
-    return model, tok
 
 
 def make_judge(tiny, **kw) -> RubricJudge:

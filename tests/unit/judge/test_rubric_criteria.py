@@ -57,16 +57,6 @@ ITEMS = (["What is 10 + 5?", "Tom has 4 apples and eats one. How many are left?"
 TINY = ModelConfig(source="tiny_random")
 
 
-@pytest.fixture(scope="module")
-def tiny(tiny_lm):
-    model, tok = tiny_lm(seed=0)
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():  # larger weights than the 0.02 init, so verdict logits differ between items and criteria
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.15)
-    model.eval()
-    return model, tok
 
 
 def make_judge(tiny, **kw) -> RubricJudge:
