@@ -251,6 +251,9 @@ class HardwareConfig:
     vllm_gpu_memory_utilization: float = 0.3
     vllm_enable_sleep: bool = False
     vllm_sync_timeout_s: float = 120.0
+    # after every weight sync, read back a fixed sample of engine parameters (embeddings, final norm, first and last
+    # layer) and compare checksums with the trainer's; a mismatch fails the run naming the tensor
+    vllm_verify_sync: bool = True
     deepspeed_stage: int = 0  # 0: plain torch; 2 or 3: DeepSpeed ZeRO stage
     deepspeed_offload: bool = False  # optimizer state (and with ZeRO-3 the parameters) in CPU memory
     # merged last over the generated DeepSpeed JSON config, e.g. {zero_optimization: {stage3_param_persistence_threshold: 0}}

