@@ -370,6 +370,7 @@ class Trainer:
         if (self.run_dir / "plots.png").is_file():
             paths["plots"] = str(self.run_dir / "plots.png")
         paths["this summary"] = str(self.run_dir / "summary.md")
+        paths["report (curves, best/worst replies)"] = str(self.run_dir / "report.md")
         extra = dict(getattr(self.reward, "summary", {}) or {})
         m = self.cfg.model
         title = (f"{self.cfg.algo.name} on {self.cfg.dataset.name} with reward={self.cfg.reward.name}, model "
