@@ -39,6 +39,9 @@ from rlhf.rollout.weight_sync import (  # noqa: E402
     checksum,
     checksum_mismatches,
     expected_checksums,
+    probe_error,
+    probe_input,
+    probe_tolerance,
     sync_sample,
     ties_lm_head,
     validate_weights,
@@ -129,6 +132,20 @@ def _param_checksums(worker, names: List[str]) -> Dict[str, Any]:
     for n in names:
         p = params.get(n)
         out[n] = None if p is None else (*checksum(p.data), str(p.dtype).replace("torch.", ""))
+    return out
+
+
+def _probe_linear(worker, probes: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """The engine layers' outputs for probe inputs (``<module>.weight`` -> input rows), as float32 on the CPU."""
+    runner = worker.model_runner
+    model = runner.get_model() if hasattr(runner, "get_model") else runner.model
+    modules = dict(model.named_modules())
+    out = {}
+    with torch.no_grad():
+        for name, x in probes.items():
+            mod = modules[name[: -len(".weight")]]
+            y = mod(x.to(mod.weight.dtype))
+            out[name] = (y[0] if isinstance(y, tuple) else y).float().cpu()
     return out
 
 
@@ -328,21 +345,37 @@ class VLLMEngine:
                   info["retied"])
 
     def verify_sync(self, weights: List[Tuple[str, torch.Tensor]]) -> float:
-        """Reads back a fixed sample of engine parameters and compares checksums with what was pushed; a mismatch
-        marks the engine unusable and raises RuntimeError naming the tensor. Returns the seconds it took."""
+        """Reads back a fixed sample of engine parameters and compares them with what was pushed; a mismatch marks
+        the engine unusable and raises RuntimeError naming the tensor. Returns the seconds it took.
+
+        Parameters that hold their values are compared by checksum. A linear layer whose weight the CPU backend has
+        moved into a packed oneDNN handle (its ``weight`` is left empty) is checked by what it computes instead: a
+        seeded probe input through the engine's layer against the same product with the pushed weights."""
         t0 = time.perf_counter()
         pushed = dict(weights)
         if self._verify_sample is None:
             names = self.llm.collective_rpc(_param_names)[0]
             self._verify_sample = sync_sample(names, pushed)
         got = self.llm.collective_rpc(_param_checksums, args=(self._verify_sample,))[0]
-        dtypes = {n: getattr(torch, g[3]) for n, g in got.items() if g is not None}
         missing = [n for n, g in got.items() if g is None]
-        expected = expected_checksums([n for n in self._verify_sample if n in dtypes], pushed, dtypes)
-        bad = missing + checksum_mismatches(expected, {n: g[:3] for n, g in got.items() if g is not None})
+        packed = [n for n, g in got.items() if g is not None and g[2] == 0 and n.endswith(".weight")]
+        held = {n: g for n, g in got.items() if g is not None and n not in packed}
+        dtypes = {n: getattr(torch, g[3]) for n, g in held.items()}
+        expected = expected_checksums(list(held), pushed, dtypes)
+        bad = missing + checksum_mismatches(expected, {n: g[:3] for n, g in held.items()})
+        details = {n: f"engine sum, |sum|, numel {held[n][:3]}; pushed {expected[n]}" for n in bad if n in held}
+        if packed:
+            probes = {n: probe_input(n, pushed) for n in packed}
+            outs = self.llm.collective_rpc(_probe_linear, args=(probes,))[0]
+            for n in packed:
+                err = probe_error(outs[n], probes[n], n, pushed, getattr(torch, got[n][3]))
+                if err > probe_tolerance(getattr(torch, got[n][3])):
+                    bad.append(n)
+                    details[n] = f"probe output differs by {err:.2e} (relative)"
         if bad:
             self.broken = (f"weight sync verification failed: the engine's {bad[0]} does not hold the trainer's "
-                           f"weights ({len(bad)} of {len(self._verify_sample)} sampled tensors differ)")
+                           f"weights ({details.get(bad[0], 'not in the engine')}; {len(bad)} of "
+                           f"{len(self._verify_sample)} sampled tensors differ: {bad[:8]})")
             raise RuntimeError(self.broken)
         return time.perf_counter() - t0
 

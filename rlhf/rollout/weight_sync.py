@@ -10,7 +10,9 @@ every other tensor is yielded as a detached view, without a copy.
 weight) *before* it touches its model, so a failed sync leaves the engine as it was. After a sync, the engine reads
 back a fixed sample of its parameters (`sync_sample`: embeddings, final norm, the first and last layer, fused
 projections summed over their parts) and compares order-free float64 checksums with the pushed tensors
-(`expected_checksums`, `checksum_mismatches`): a weight that never reached the engine fails the run by name.
+(`expected_checksums`, `checksum_mismatches`); a linear layer the CPU backend packed into a oneDNN handle (its weight
+left empty) is checked by a seeded probe input instead (`probe_input`, `probe_error`). A weight that never reached
+the engine fails the run by name.
 """
 
 from __future__ import annotations
@@ -230,3 +232,30 @@ def checksum_mismatches(expected: Dict[str, Tuple[float, float, int]], got: Dict
         if abs(g[0] - s) > rel * scale or abs(g[1] - a) > rel * scale:
             bad.append(name)
     return bad
+
+
+def probe_input(name: str, pushed: Dict[str, torch.Tensor], rows: int = 4) -> torch.Tensor:
+    """A fixed (seeded) float32 input for the linear layer ``name`` (its in-features from the pushed weight)."""
+    parts = engine_parts(name, pushed) or [name]
+    g = torch.Generator().manual_seed(1234)
+    return torch.randn(rows, pushed[parts[0]].shape[1], generator=g)
+
+
+def probe_error(engine_out: torch.Tensor, x: torch.Tensor, name: str, pushed: Dict[str, torch.Tensor],
+                dtype: Optional[torch.dtype] = None) -> float:
+    """max |engine(x) - x @ W^T (+ b)| / max |x @ W^T (+ b)|, W (and b) the pushed parts concatenated, cast to the
+    engine's dtype first (what the load stored)."""
+    parts = engine_parts(name, pushed) or [name]
+    dt = dtype or engine_out.dtype
+    w = torch.cat([pushed[p].to(dt).float() for p in parts])
+    want = x.to(dt).float() @ w.T
+    biases = [p[: -len("weight")] + "bias" for p in parts]
+    if all(b in pushed for b in biases):
+        want = want + torch.cat([pushed[b].to(dt).float() for b in biases])
+    return float((engine_out.float() - want).abs().max() / want.abs().max().clamp_min(1e-12))
+
+
+def probe_tolerance(dtype: torch.dtype) -> float:
+    """Relative output error allowed for a layer computed by another kernel: float32 ~1e-6 (1e-4 allowed), 16-bit
+    ~4e-3 per rounding (3e-2 allowed)."""
+    return 1e-4 if dtype == torch.float32 else 3e-2

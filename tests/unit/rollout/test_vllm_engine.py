@@ -232,6 +232,11 @@ def test_sync_is_verified_by_reading_engine_weights_back(engine, hf_model, promp
     sample = engine._verify_sample
     assert engine.last_sync["verify_seconds"] > 0 and "model.norm.weight" in sample
     assert any(".qkv_proj." in n for n in sample) and any(".gate_up_proj." in n for n in sample)
+    # a weight the engine holds as values (checksum) and one it packed into a oneDNN handle on the CPU (probe)
+    tampered = [(n, t + 0.01 if n == "model.layers.0.self_attn.q_proj.weight" else t) for n, t in weights]
+    with pytest.raises(RuntimeError, match=r"model\.layers\.0\.self_attn\.qkv_proj\.weight does not hold"):
+        engine.verify_sync(tampered)
+    engine.broken = None
     engine.llm.collective_rpc(_bump_final_norm)
     try:
         with pytest.raises(RuntimeError, match=r"model\.norm\.weight does not hold the trainer's weights"):
@@ -286,6 +291,19 @@ def test_validate_weights_rejects_bad_streams():
                           ("b.weight", torch.zeros(4))], "twice")]:
         with pytest.raises(ValueError, match=msg):
             validate_weights(stream, shapes)
+
+
+def test_probe_error_of_a_fused_linear_layer():
+    from rlhf.rollout.weight_sync import probe_error, probe_input, probe_tolerance
+
+    pushed = {"l.gate_proj.weight": torch.randn(3, 5), "l.up_proj.weight": torch.randn(2, 5)}
+    name = "l.gate_up_proj.weight"
+    x = probe_input(name, pushed)
+    assert x.shape == (4, 5) and torch.equal(x, probe_input(name, pushed))  # seeded
+    w = torch.cat([pushed["l.gate_proj.weight"], pushed["l.up_proj.weight"]])
+    assert probe_error(x @ w.T, x, name, pushed) < 1e-6
+    assert probe_error(x @ (w + 0.05).T, x, name, pushed) > probe_tolerance(torch.float32)
+    assert probe_tolerance(torch.bfloat16) > probe_tolerance(torch.float32)
 
 
 def test_sync_checksums_fused_parts_and_mismatches():
