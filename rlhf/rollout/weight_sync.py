@@ -175,8 +175,9 @@ FUSED_PARTS = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gat
 
 def checksum(t: torch.Tensor) -> Tuple[float, float, int]:
     """(sum, sum of |x|, numel) in float64: order-free, so a repacked kernel layout gives the same values."""
-    d = t.detach().to(torch.float64)
-    return float(d.sum()), float(d.abs().sum()), int(t.numel())
+    d = t.detach()
+    return (float(d.sum(dtype=torch.float64)), float(torch.linalg.vector_norm(d, 1, dtype=torch.float64)),
+            int(t.numel()))
 
 
 def engine_parts(engine_name: str, pushed: Iterable[str]) -> Optional[List[str]]:
