@@ -254,6 +254,9 @@ class HardwareConfig:
     # after every weight sync, read back a fixed sample of engine parameters (embeddings, final norm, first and last
     # layer) and compare checksums with the trainer's; a mismatch fails the run naming the tensor
     vllm_verify_sync: bool = True
+    # LoRA actors: push only the adapter to vLLM's own LoRA support (a LoRA request refreshed after every update; the
+    # engine keeps the base weights) instead of merging LoRA into every base weight and pushing those (false)
+    vllm_lora_sync: bool = False
     deepspeed_stage: int = 0  # 0: plain torch; 2 or 3: DeepSpeed ZeRO stage
     deepspeed_offload: bool = False  # optimizer state (and with ZeRO-3 the parameters) in CPU memory
     # merged last over the generated DeepSpeed JSON config, e.g. {zero_optimization: {stage3_param_persistence_threshold: 0}}
@@ -460,6 +463,12 @@ def config_errors(cfg: Any) -> List[str]:
             and getattr(cfg.algo, "samples_per_prompt", 1) < 2):
         errors.append(f"reward.name: routed compares replies to the same prompt in pairs; "
                       f"algo.samples_per_prompt={getattr(cfg.algo, 'samples_per_prompt', 1)} needs to be >= 2")
+    if has("hardware") and has("model") and cfg.hardware.vllm_lora_sync:
+        if cfg.hardware.rollout != "vllm":
+            errors.append("hardware.vllm_lora_sync: adapter-only sync is for hardware.rollout=vllm")
+        elif not cfg.model.lora.enabled:
+            errors.append("hardware.vllm_lora_sync: needs a LoRA actor (model.lora.enabled=true); a fully fine-tuned "
+                          "actor has no adapter to push")
     if has("judge") and has("reward") and cfg.reward.ensemble > 1 and not cfg.judge.lora.enabled:
         errors.append("reward.ensemble: the members are LoRA adapters on one base; judge.lora.enabled=false would "
                       "need K full copies")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import logging
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ from rlhf.dataset.sampler import PromptSampler
 from rlhf.model.device import resolve_device
 from rlhf.model.load import embedded_model_dir, load_causal_lm
 from rlhf.model.policy import build_policy, count_parameters
+from rlhf.model.shared import ACTOR_ADAPTER
 from rlhf.report.io import atomic_write_json, atomic_write_text
 from rlhf.report.logger import MetricsLogger, NullLogger, read_metrics
 from rlhf.report.run_report import SAMPLES, extreme_samples, write_run_report
@@ -146,7 +148,16 @@ class Trainer:
         if self.cfg.hardware.rollout != "vllm":
             return 0.0
         t0 = time.perf_counter()
-        self.rollout_engine.load_weights(named_weights_for_sync(self.policy.model))
+        if self.cfg.hardware.vllm_lora_sync:  # adapter only: save the actor's adapter, serve it as a LoRA request
+            root = self.run_dir / "vllm_lora"
+            target = root / f"v{self.step:06d}_{time.monotonic_ns()}"
+            self.policy.model.save_pretrained(str(target), selected_adapters=[ACTOR_ADAPTER])
+            self.rollout_engine.load_lora(str(target))
+            for old in root.iterdir():  # the engine has loaded it; older versions are no longer served
+                if old != target:
+                    shutil.rmtree(old, ignore_errors=True)
+        else:
+            self.rollout_engine.load_weights(named_weights_for_sync(self.policy.model))
         return time.perf_counter() - t0
 
     # ------------------------------------------------------------------------------------------------- eval
@@ -276,7 +287,10 @@ class Trainer:
             "step_seconds": total, "time/generate": t_gen, "time/reward": t_rew,
             "time/experience": t_exp - t_scored, "time/update": t_upd - t_exp, "time/sync": t_sync,
         }
-        verify_s = (getattr(self.rollout_engine, "last_sync", None) or {}).get("verify_seconds")
+        last_sync = getattr(self.rollout_engine, "last_sync", None) or {}
+        if "bytes" in last_sync:
+            metrics["sync_bytes"] = float(last_sync["bytes"])
+        verify_s = last_sync.get("verify_seconds")
         if self.cfg.hardware.rollout == "vllm" and verify_s is not None:
             metrics["time/sync_verify"] = float(verify_s)  # part of time/sync: the read-back check
         if self.dist.is_main:  # the step's best and worst reply, for report.md

@@ -29,8 +29,15 @@ def build_rollout_engine(cfg: Config, model: torch.nn.Module, tokenizer, device:
     if model_dir is None:
         raise RuntimeError("hardware.rollout=vllm: needs a local model directory (hub id or embedded cache)")
     max_len = cfg.dataset.max_prompt_tokens + max(cfg.generation.max_new_tokens, cfg.generation.eval_max_new_tokens)
+    extra = None
+    if cfg.hardware.vllm_lora_sync:  # adapter-only sync: vLLM's LoRA support, one adapter slot of the actor's rank
+        ranks = (8, 16, 32, 64, 128, 256, 320, 512)
+        rank = next((r for r in ranks if r >= cfg.model.lora.r), None)
+        if rank is None:
+            raise ValueError(f"hardware.vllm_lora_sync: vLLM serves LoRA ranks up to 512; model.lora.r={cfg.model.lora.r}")
+        extra = {"enable_lora": True, "max_lora_rank": rank, "max_loras": 1}
     return VLLMEngine(model_dir, tokenizer, cfg.hardware, max_model_len=max_len, seed=cfg.seed,
-                      dtype=cfg.hardware.dtype, max_prompt_tokens=cfg.dataset.max_prompt_tokens)
+                      dtype=cfg.hardware.dtype, max_prompt_tokens=cfg.dataset.max_prompt_tokens, extra_llm_kwargs=extra)
 
 
 __all__ = ["Rollout", "RolloutEngine", "SamplingParams", "build_rollout_engine"]

@@ -22,6 +22,7 @@ import logging
 import os
 import threading
 import time
+from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -30,6 +31,7 @@ import torch  # noqa: E402
 import vllm  # noqa: E402  (ImportError here tells the caller to install the vllm extra)
 from transformers import GenerationConfig  # noqa: E402
 from vllm.inputs import TokensPrompt  # noqa: E402
+from vllm.lora.request import LoRARequest  # noqa: E402
 
 from rlhf.config import HardwareConfig  # noqa: E402
 from rlhf.rollout.base import Rollout, SamplingParams, eos_token_ids  # noqa: E402
@@ -201,6 +203,8 @@ class VLLMEngine:
         self.last_sync: Dict[str, Any] = {}
         self._verify_sample: Optional[List[str]] = None  # engine parameters read back after every sync
         self._expected_cache: Dict[str, Tuple[Any, Tuple[float, float, int]]] = {}
+        self.lora_request: Optional[LoRARequest] = None  # adapter-only sync: the policy's current adapter
+        self._lora_version = 0
         self._sync_thread: Optional[threading.Thread] = None
         log.info("vLLM engine ready in %.1f s (%s, dtype=%s, eager=%s, layerwise sync=%s)", self.init_seconds,
                  "cpu" if self.is_cpu else "cuda", dtype, enforce_eager, self.layerwise)
@@ -255,7 +259,7 @@ class VLLMEngine:
         copies = n if sampling.greedy else 1  # vLLM refuses n > 1 when greedy: send n identical requests instead
         params = [self._sampling_params(sampling, len(r), i) for i, r in enumerate(rows) for _ in range(copies)]
         requests = [TokensPrompt(prompt_token_ids=r) for r in rows for _ in range(copies)]
-        outs = self.llm.generate(requests, params, use_tqdm=False)
+        outs = self.llm.generate(requests, params, use_tqdm=False, lora_request=self.lora_request)
         self._sleep()
         token_rows: List[List[int]] = []
         logprob_rows: List[List[float]] = []
@@ -345,6 +349,24 @@ class VLLMEngine:
                           "verify_seconds": verify_s, **info}
         log.debug("weight sync: %d tensors in %.2f s (retied %s)", len(weights), self.last_sync["seconds"],
                   info["retied"])
+
+    def load_lora(self, adapter_dir: str) -> None:
+        """Adapter-only sync: serve the LoRA adapter saved (peft format) in ``adapter_dir`` from now on, as a new LoRA
+        request (vLLM caches adapters by id, so every update gets the next id and the previous one is dropped)."""
+        self._check_usable()
+        t0 = time.perf_counter()
+        self._lora_version += 1
+        previous = self.lora_request
+        request = LoRARequest(f"policy-v{self._lora_version}", self._lora_version, str(adapter_dir))
+        self._wake()
+        self.llm.llm_engine.add_lora(request)  # loads it now, so a bad adapter fails here and not mid-rollout
+        if previous is not None:
+            self.llm.llm_engine.remove_lora(previous.lora_int_id)
+        self.lora_request = request
+        self.llm.reset_prefix_cache()
+        size = sum(f.stat().st_size for f in Path(adapter_dir).glob("adapter_model.*"))
+        self.last_sync = {"seconds": time.perf_counter() - t0, "mode": "lora", "bytes": size,
+                          "lora_id": self._lora_version}
 
     def verify_sync(self, weights: List[Tuple[str, torch.Tensor]]) -> float:
         """Reads back a fixed sample of engine parameters and compares them with what was pushed; a mismatch marks

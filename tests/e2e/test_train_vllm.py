@@ -52,3 +52,27 @@ def test_vllm_sync_with_a_judge_adapter_on_the_actor_base(tmp_path):
     assert len(steps) == 2
     for r in steps:
         assert r["engine_logprob_diff_max"] < 1e-2, r
+
+
+def test_adapter_only_sync_serves_the_actor_lora_through_vllm(tmp_path):
+    """hardware.vllm_lora_sync: only the actor's adapter goes to vLLM (its own LoRA support), the engine keeps the
+    base. At this learning rate the adapter moves a lot: the engine's sampling log-probs match the trainer's only if
+    every refreshed adapter was served."""
+    overrides = [o for o in TINY if not o.startswith("model=")] + [
+        "model=tiny_random", "model.tiny.hidden_size=128", "model.tiny.num_attention_heads=2",
+        "model.tiny.num_key_value_heads=1", "model.lora.enabled=true", "model.lora.dropout=0.0", "hardware=cpu_vllm",
+        "hardware.vllm_lora_sync=true", "algo=grpo", "steps=3", "algo.prompts_per_step=2",
+        "algo.samples_per_prompt=2", "algo.minibatch_size=4", "algo.lr=5e-2", "algo.entropy_coef=0.1",
+        "eval_before=false",
+    ]
+    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    proc = subprocess.run([sys.executable, "-m", "rlhf.train", f"hydra.run.dir={tmp_path}", *overrides], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    steps = [r for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines()) if "reward_mean" in r]
+    assert len(steps) == 3
+    for r in steps:
+        assert r["engine_logprob_diff_max"] < 1e-2, r
+        assert 0 < r["sync_bytes"] < 2_000_000  # the adapter, not the model
+    assert steps[-1]["kl"] > 0  # the adapter did move away from the base
+    assert len(list((tmp_path / "vllm_lora").iterdir())) == 1  # only the version being served is kept

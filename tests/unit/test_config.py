@@ -64,6 +64,9 @@ def test_pairwise_signal_refused_for_a_reference_guided_judge():
     (["reward=routed", "reward.route_budget=1.5"], r"^reward\.route_budget: must be in \[0, 1\]"),
     (["reward=routed", "reward.route_judge=bt_rm"], r"^reward\.route_judge: 'bt_rm' is not one of"),
     (["reward.ensemble=3"], r"^reward\.ensemble: an ensemble of reward heads is a bt_rm option"),
+    (["hardware.vllm_lora_sync=true"], r"^hardware\.vllm_lora_sync: adapter-only sync is for hardware\.rollout=vllm"),
+    (["hardware=cpu_vllm", "hardware.vllm_lora_sync=true", "model.lora.enabled=false"],
+     r"^hardware\.vllm_lora_sync: needs a LoRA actor"),
     (["reward=bt_rm", "reward.ensemble=3", "judge.lora.enabled=false"], r"^reward\.ensemble: the members are LoRA"),
 ])
 def test_robust_reward_keys_are_checked_at_start_up(overrides, match):
