@@ -171,6 +171,11 @@ class JudgeConfig:
     # reply is a content-free "master key" (rlhf/judge/master_keys.py HARDENING_KEYS: punctuation, bare openers) for a
     # lora_judge / bt_rm trained in the run (0: off); task=judge_robustness probes with a disjoint key list
     master_key_negatives: float = 0.0
+    # score the rubric judge's verdict tokens with the run's vLLM engine (one decoding step restricted to the verdict
+    # tokens; vLLM's prefix cache keeps the shared rubric + demonstrations prefix) instead of a transformers forward.
+    # Needs hardware.rollout=vllm with hardware.vllm_lora_sync=true, so that the engine's own weights are the base the
+    # judge reads (the actor is served as a LoRA request)
+    vllm: bool = False
     # demonstration pool: JSONL with prompt/chosen/rejected (null: the synthetic_prefs train split)
     demo_path: Optional[str] = None
     rationale_max_new_tokens: int = 48
@@ -463,6 +468,13 @@ def config_errors(cfg: Any) -> List[str]:
             and getattr(cfg.algo, "samples_per_prompt", 1) < 2):
         errors.append(f"reward.name: routed compares replies to the same prompt in pairs; "
                       f"algo.samples_per_prompt={getattr(cfg.algo, 'samples_per_prompt', 1)} needs to be >= 2")
+    if has("judge") and has("hardware") and has("reward") and cfg.judge.vllm:
+        if cfg.reward.name != "rubric_judge":
+            errors.append(f"judge.vllm: vLLM scores the rubric judge (the frozen base); reward.name is "
+                          f"{cfg.reward.name}")
+        elif cfg.hardware.rollout != "vllm" or not cfg.hardware.vllm_lora_sync:
+            errors.append("judge.vllm: needs hardware.rollout=vllm with hardware.vllm_lora_sync=true (the engine "
+                          "then holds the base weights the judge reads)")
     if has("hardware") and has("model") and cfg.hardware.vllm_lora_sync:
         if cfg.hardware.rollout != "vllm":
             errors.append("hardware.vllm_lora_sync: adapter-only sync is for hardware.rollout=vllm")

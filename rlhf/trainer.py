@@ -82,7 +82,7 @@ class Trainer:
         t_reward = time.perf_counter()
         ctx = RewardContext(cfg=cfg, tokenizer=self.tokenizer, run_dir=self.run_dir, device=self.device,
                            actor_model=self.policy.model, reference_model=self.policy.ref_model,
-                           log=self.logger.log)
+                           log=self.logger.log, rollout_engine=self.rollout_engine)
         self.reward = build_reward(cfg, ctx)
         trains = cfg.reward.name in ("lora_judge", "bt_rm", "self_reward") and not cfg.reward.checkpoint
         what = "SFT" if cfg.reward.name == "self_reward" else "judge/RM"

@@ -13,7 +13,7 @@ items are grouped by rubric, so without per-item rubrics every item is scored in
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -56,6 +56,9 @@ class RubricJudge:
         self._caches: Dict[Tuple[Rubric, int], PrefixCache] = {}
         self._parsed: Dict[str, Rubric] = {}
         self.last_metrics: Dict[str, float] = {}
+        # judge.vllm: (token-id prompts, verdict ids) -> (N, K) verdict log-probs from a vLLM engine, used instead of
+        # the transformers forward (the same distribution: the probabilities are the softmax over the K verdicts)
+        self.verdict_backend: Optional[Callable[[List[List[int]], List[int]], torch.Tensor]] = None
 
     @property
     def mode(self) -> str:
@@ -115,6 +118,8 @@ class RubricJudge:
         """(N, K) logits of the verdict tokens after prefix + suffix_i (the prefix of ``prompter``, default
         judge.rubric's first criterion)."""
         pr = self.prompter if prompter is None else prompter
+        if self.verdict_backend is not None:
+            return self.verdict_backend([list(pr.prefix_ids) + list(sx) for sx in suffixes], list(pr.verdict_ids))
         use_cache = self.cfg.reuse_prefix_cache if use_cache is None else use_cache
         self.model.eval()
         with model_scope(self.model):  # on a shared base: the judge's adapter (or none) for the whole batch

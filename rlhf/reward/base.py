@@ -33,6 +33,8 @@ class RewardContext:
     reference_model: Optional[torch.nn.Module] = None
     # log(metrics: dict, step: int, prefix: str) -> None: writes to the run's metrics.jsonl / wandb
     log: Optional[Callable[..., None]] = None
+    # the run's rollout engine (judge.vllm scores the judge's verdict tokens with a vLLM engine)
+    rollout_engine: Any = None
 
 
 class RewardSource(Protocol):

@@ -180,6 +180,12 @@ def build_judge_reward(cfg: Config, context: Any, name: str = "judge") -> JudgeR
             scorer.device = device
         else:
             scorer.to(device)
+    engine = getattr(context, "rollout_engine", None)
+    if cfg.judge.vllm and kind == "rubric_judge":  # the engine holds the base; the actor is a LoRA request
+        if not hasattr(engine, "verdict_logprobs"):
+            raise ValueError("judge.vllm: the run has no vLLM engine to score the judge with")
+        scorer.verdict_backend = lambda prompts, allowed: engine.verdict_logprobs(prompts, allowed)
+        log.info("judge: verdicts scored by the vLLM engine (base weights, prefix cache)")
     reward = JudgeReward(cfg, scorer, run_dir)
     if cfg.judge.heldout_pairs > 0:
         rows = heldout_pairs(cfg.dataset, cfg.judge.heldout_pairs)

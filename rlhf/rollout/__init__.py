@@ -29,6 +29,8 @@ def build_rollout_engine(cfg: Config, model: torch.nn.Module, tokenizer, device:
     if model_dir is None:
         raise RuntimeError("hardware.rollout=vllm: needs a local model directory (hub id or embedded cache)")
     max_len = cfg.dataset.max_prompt_tokens + max(cfg.generation.max_new_tokens, cfg.generation.eval_max_new_tokens)
+    if cfg.judge.vllm:  # judge prompts: rubric + demonstrations (each item clipped to judge.max_len) + the item
+        max_len = max(max_len, cfg.judge.max_len * (cfg.judge.num_demos + 1) + 256)
     extra = None
     if cfg.hardware.vllm_lora_sync:  # adapter-only sync: vLLM's LoRA support, one adapter slot of the actor's rank
         ranks = (8, 16, 32, 64, 128, 256, 320, 512)

@@ -23,7 +23,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
@@ -349,6 +349,28 @@ class VLLMEngine:
                           "verify_seconds": verify_s, **info}
         log.debug("weight sync: %d tensors in %.2f s (retied %s)", len(weights), self.last_sync["seconds"],
                   info["retied"])
+
+    def verdict_logprobs(self, prompts: Sequence[Sequence[int]], allowed: Sequence[int],
+                         lora_request: Optional[LoRARequest] = None) -> torch.Tensor:
+        """(N, K) log-probabilities of the next token restricted to ``allowed`` (log-softmax over those K tokens)
+        after each token-id prompt: one decoding step with only the verdict tokens allowed, read from the processed
+        log-probs. The shared rubric + demonstrations prefix is computed once by vLLM's prefix cache."""
+        self._check_usable()
+        longest = max((len(p) for p in prompts), default=0)
+        if longest >= self.max_model_len:
+            raise ValueError(f"judge.max_len: a judge prompt of {longest} tokens does not fit the vLLM engine's "
+                             f"max_model_len={self.max_model_len}")
+        self._wake()
+        params = vllm.SamplingParams(max_tokens=1, temperature=1.0, logprobs=len(allowed),
+                                     allowed_token_ids=list(allowed), seed=self.seed)
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params, use_tqdm=False,
+                                 lora_request=lora_request)
+        self._sleep()
+        rows = []
+        for out in outs:
+            lp = out.outputs[0].logprobs[0]
+            rows.append([float(lp[t].logprob) if t in lp else float("-inf") for t in allowed])
+        return torch.tensor(rows, dtype=torch.float32)
 
     def load_lora(self, adapter_dir: str) -> None:
         """Adapter-only sync: serve the LoRA adapter saved (peft format) in ``adapter_dir`` from now on, as a new LoRA

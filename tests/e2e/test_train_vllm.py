@@ -76,3 +76,23 @@ def test_adapter_only_sync_serves_the_actor_lora_through_vllm(tmp_path):
         assert 0 < r["sync_bytes"] < 2_000_000  # the adapter, not the model
     assert steps[-1]["kl"] > 0  # the adapter did move away from the base
     assert len(list((tmp_path / "vllm_lora").iterdir())) == 1  # only the version being served is kept
+
+
+def test_rubric_judge_scored_by_the_rollout_engine(tmp_path):
+    """judge.vllm with adapter-only sync: one engine serves the actor (a LoRA request) and the frozen rubric judge
+    (the base, no request); the run trains and the judge's held-out pair accuracy is measured through vLLM."""
+    overrides = [o for o in TINY if not o.startswith("model=")] + [
+        "model=tiny_random", "model.tiny.hidden_size=128", "model.tiny.num_attention_heads=2",
+        "model.tiny.num_key_value_heads=1", "model.lora.enabled=true", "model.lora.dropout=0.0", "hardware=cpu_vllm",
+        "hardware.vllm_lora_sync=true", "reward=rubric_judge", "judge.vllm=true", "judge.num_demos=0",
+        "judge.max_len=384", "judge.heldout_pairs=4", "algo=grpo", "steps=2", "algo.prompts_per_step=2",
+        "algo.samples_per_prompt=2", "algo.minibatch_size=4", "eval_before=false",
+    ]
+    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    proc = subprocess.run([sys.executable, "-m", "rlhf.train", f"hydra.run.dir={tmp_path}", *overrides], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    log = (tmp_path / "train.log").read_text()
+    assert "verdicts scored by the vLLM engine" in log and "held-out pair accuracy" in log
+    steps = [r for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines()) if "reward_mean" in r]
+    assert len(steps) == 2 and all("reward/judge_score_mean" in r for r in steps)

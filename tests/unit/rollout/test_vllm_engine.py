@@ -249,6 +249,31 @@ def test_sync_is_verified_by_reading_engine_weights_back(engine, hf_model, promp
     print(f"verified sync: {engine.last_sync['verify_seconds'] * 1000:.0f} ms for {len(sample)} sampled tensors")
 
 
+@pytest.mark.vllm
+@pytest.mark.skipif(bool(VLLM_MISSING), reason=VLLM_MISSING or "ok")
+def test_judge_verdicts_scored_by_vllm_match_transformers(engine, hf_model):
+    """judge.vllm: the rubric judge's verdict distribution from one restricted decoding step in vLLM equals the
+    transformers forward (pointwise and both pairwise orders) within float32 kernel noise."""
+    from rlhf.config import JudgeConfig
+    from rlhf.dataset.prefs import pref_rows
+    from rlhf.config import DatasetConfig
+    from rlhf.judge.rubric_judge import RubricJudge, judge_demos
+    from rlhf.rollout.weight_sync import named_weights_for_sync
+
+    model, tok = hf_model
+    engine.load_weights(named_weights_for_sync(model))  # the engine holds the base the judge reads
+    rows = pref_rows(DatasetConfig(name="synthetic_prefs", num_test=6), "test")
+    args = ([r["prompt"] for r in rows], [r["chosen"] for r in rows], [r["rejected"] for r in rows])
+    for mode in ("pointwise", "pairwise"):
+        cfg = JudgeConfig(mode=mode, num_demos=1, max_len=160)  # fits the fixture engine's 512 tokens
+        judge = RubricJudge(model, tok, cfg, judge_demos(cfg))
+        hf_scores = judge.score_pairs(*args)
+        judge.verdict_backend = lambda prompts, allowed: engine.verdict_logprobs(prompts, allowed)
+        vllm_scores = judge.score_pairs(*args)
+        for a, b in zip(hf_scores, vllm_scores):
+            assert torch.allclose(torch.tensor(a), torch.tensor(b), atol=2e-3), (mode, a, b)
+
+
 # ------------------------------------------------------------------------------- weight stream (no vLLM needed)
 def test_named_weights_merge_lora_without_mutating(tiny_lm):
     from peft import LoraConfig, get_peft_model
