@@ -25,7 +25,7 @@ def test_quick_judges_table_writes_results_and_reuses_rows(tmp_path):
     md = (tmp_path / "judges_quick.md").read_text()
     assert "| LoRA judge (rank 16) |" in md and "overall 96.2" in md and "quick smoke setting" in md
     again = run_tables(tmp_path)  # same commands: every row is reused, nothing reruns
-    assert again.returncode == 0 and again.stderr.count("reusing") == 4
+    assert again.returncode == 0 and (again.stdout + again.stderr).count("reusing") == 4
     bad = subprocess.run([sys.executable, "-m", "rlhf.tables", "experiment=table_judges", "table.entry=deploy",
                           f"hydra.run.dir={tmp_path / 'h2'}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "error: table.entry: 'deploy'" in bad.stderr
