@@ -92,6 +92,8 @@ def self_reward_errors(cfg: Config) -> List[str]:
     if not any((path / f).is_file() for f in ("adapter_config.json", "config.json")):
         return [f"reward.checkpoint: {path} has no adapter_config.json or config.json (not a `python -m rlhf.sft` "
                 "output: a LoRA adapter or a full model dir)"]
+    if (path / "adapter_config.json").is_file() and not (path / "adapter_model.safetensors").is_file():
+        return [f"reward.checkpoint: {path} has no adapter_model.safetensors (pickled adapters are not loaded)"]
     weights = sorted(path.rglob("*.safetensors"))
     if not weights:
         return [f"reward.checkpoint: {path} has no .safetensors weights (pickled weights are not loaded)"]

@@ -105,3 +105,19 @@ def test_good_defaults_have_no_errors():
 def test_dr_grpo_constant_defaults_to_the_generation_budget():
     cfg = to_config(compose("algo.loss_agg=seq_mean_token_sum_norm", "generation.max_new_tokens=40"))
     assert cfg.algo.loss_norm_tokens == 40
+
+
+def test_self_reward_checkpoint_must_hold_safetensors(tmp_path):
+    from types import SimpleNamespace
+
+    from rlhf.config import RewardConfig
+    from rlhf.preflight import self_reward_errors
+
+    lora = tmp_path / "sft"
+    lora.mkdir()
+    (lora / "adapter_config.json").write_text("{}")
+    (lora / "adapter_model.bin").write_bytes(b"\x80\x04pickle")
+    (lora / "other.safetensors").write_bytes(b"")
+    cfg = SimpleNamespace(reward=RewardConfig(name="self_reward", checkpoint=str(lora)))
+    assert self_reward_errors(cfg) == [f"reward.checkpoint: {lora} has no adapter_model.safetensors (pickled "
+                                       "adapters are not loaded)"]
