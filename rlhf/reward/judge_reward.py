@@ -77,6 +77,7 @@ class JudgeReward:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.calls = 0
         self.summary: Dict[str, str] = {}  # lines for the run's closing summary (e.g. the held-out pair accuracy)
+        self.heldout_accuracy: Optional[float] = None  # the judge/RM's held-out pair accuracy (summary.json)
 
     def judge_prompt_of(self, meta: Dict[str, Any]) -> Optional[str]:
         """The prompt as the judge reads it: the task's judge_prompt, or a math question plus the format instruction;
@@ -197,6 +198,7 @@ def build_judge_reward(cfg: Config, context: Any, name: str = "judge") -> JudgeR
         if needs_training:  # logged once, next to the training curve (a resumed run reuses the judge)
             sink({"heldout_accuracy": acc, "heldout_pairs": float(len(rows))}, cfg.judge.train_steps)
         reward.summary[f"{kind} held-out pair accuracy"] = f"{100 * acc:.1f} % on {len(rows)} {source} test pairs"
+        reward.heldout_accuracy = acc
     return reward
 
 

@@ -41,6 +41,7 @@ class RoutedReward:
         self.cfg, self.rm, self.judge = cfg, rm, judge
         self.gen = torch.Generator().manual_seed(seed)  # random routing only
         self.summary: Dict[str, str] = {**rm.summary, **judge.summary}
+        self.heldout_accuracy = judge.heldout_accuracy  # the judge's (the RM's is in summary and metrics)
         self.calls = 0
 
     def score(self, rollout: Rollout) -> RewardOutput:

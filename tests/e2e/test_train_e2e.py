@@ -117,6 +117,8 @@ def test_judge_reward_run_trains_the_judge_then_the_actor(tmp_path, reward):
     assert all(0.0 <= r["em_flexible"] <= 1.0 for r in steps)
     assert any(k.startswith("reward/") for k in steps[0])
     assert (tmp_path / "judge").is_dir()
+    acc = json.loads((tmp_path / "summary.json").read_text())["judge"]["heldout_accuracy"]
+    assert 0.0 <= acc <= 1.0  # what table_actor shows beside the actor's EM
     log_text = (tmp_path / "train.log").read_text()
     if reward == "lora_judge":
         assert "on the actor's base model" in log_text
