@@ -10,11 +10,15 @@ from test_train_e2e import ROOT, TINY
 
 pytestmark = pytest.mark.vllm
 
+# the tiny model with vLLM-compatible attention shapes (vLLM's CPU attention needs a head size it supports)
+VLLM_TINY = [o for o in TINY if not o.startswith("model=")] + [
+    "model=tiny_random", "model.tiny.hidden_size=128", "model.tiny.num_attention_heads=2",
+    "model.tiny.num_key_value_heads=1"]
+
 
 def test_vllm_rollouts_follow_the_updated_policy(tmp_path):
-    overrides = [o for o in TINY if not o.startswith("model=")] + [
-        "model=tiny_random", "model.tiny.hidden_size=128", "model.tiny.num_attention_heads=2",
-        "model.tiny.num_key_value_heads=1", "hardware=cpu_vllm", "algo=grpo", "steps=3", "algo.prompts_per_step=2",
+    overrides = VLLM_TINY + [
+        "hardware=cpu_vllm", "algo=grpo", "steps=3", "algo.prompts_per_step=2",
         "algo.samples_per_prompt=2", "algo.minibatch_size=4", "algo.lr=5e-3", "algo.entropy_coef=0.1",
         "eval_before=false",
     ]
@@ -36,9 +40,8 @@ def test_vllm_rollouts_follow_the_updated_policy(tmp_path):
 def test_vllm_sync_with_a_judge_adapter_on_the_actor_base(tmp_path):
     """reward=lora_judge with a LoRA actor: the judge is a second adapter on the actor's base. The sync must push the
     actor's adapter only (a large, trained judge adapter merged in would show as a log-prob gap to the trainer)."""
-    overrides = [o for o in TINY if not o.startswith("model=")] + [
-        "model=tiny_random", "model.tiny.hidden_size=128", "model.tiny.num_attention_heads=2",
-        "model.tiny.num_key_value_heads=1", "model.lora.enabled=true", "hardware=cpu_vllm", "algo=grpo", "steps=2",
+    overrides = VLLM_TINY + [
+        "model.lora.enabled=true", "hardware=cpu_vllm", "algo=grpo", "steps=2",
         "algo.prompts_per_step=2", "algo.samples_per_prompt=2", "algo.minibatch_size=4", "algo.lr=5e-3",
         "eval_before=false", "reward=lora_judge", "judge.train_steps=3", "judge.batch_size=2", "judge.lr=5e-2",
         "judge.num_demos=0", "judge.max_len=384",
@@ -58,9 +61,8 @@ def test_adapter_only_sync_serves_the_actor_lora_through_vllm(tmp_path):
     """hardware.vllm_lora_sync: only the actor's adapter goes to vLLM (its own LoRA support), the engine keeps the
     base. At this learning rate the adapter moves a lot: the engine's sampling log-probs match the trainer's only if
     every refreshed adapter was served."""
-    overrides = [o for o in TINY if not o.startswith("model=")] + [
-        "model=tiny_random", "model.tiny.hidden_size=128", "model.tiny.num_attention_heads=2",
-        "model.tiny.num_key_value_heads=1", "model.lora.enabled=true", "model.lora.dropout=0.0", "hardware=cpu_vllm",
+    overrides = VLLM_TINY + [
+        "model.lora.enabled=true", "model.lora.dropout=0.0", "hardware=cpu_vllm",
         "hardware.vllm_lora_sync=true", "algo=grpo", "steps=3", "algo.prompts_per_step=2",
         "algo.samples_per_prompt=2", "algo.minibatch_size=4", "algo.lr=5e-2", "algo.entropy_coef=0.1",
         "eval_before=false",
@@ -81,9 +83,8 @@ def test_adapter_only_sync_serves_the_actor_lora_through_vllm(tmp_path):
 def test_rubric_judge_scored_by_the_rollout_engine(tmp_path):
     """judge.vllm with adapter-only sync: one engine serves the actor (a LoRA request) and the frozen rubric judge
     (the base, no request); the run trains and the judge's held-out pair accuracy is measured through vLLM."""
-    overrides = [o for o in TINY if not o.startswith("model=")] + [
-        "model=tiny_random", "model.tiny.hidden_size=128", "model.tiny.num_attention_heads=2",
-        "model.tiny.num_key_value_heads=1", "model.lora.enabled=true", "model.lora.dropout=0.0", "hardware=cpu_vllm",
+    overrides = VLLM_TINY + [
+        "model.lora.enabled=true", "model.lora.dropout=0.0", "hardware=cpu_vllm",
         "hardware.vllm_lora_sync=true", "reward=rubric_judge", "judge.vllm=true", "judge.num_demos=0",
         "judge.max_len=384", "judge.heldout_pairs=4", "algo=grpo", "steps=2", "algo.prompts_per_step=2",
         "algo.samples_per_prompt=2", "algo.minibatch_size=4", "eval_before=false",
