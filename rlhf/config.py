@@ -254,6 +254,9 @@ class HardwareConfig:
     num_threads: int = 0  # torch intra-op threads on CPU (0: leave torch's default)
     rollout: str = "hf"  # hf | vllm
     vllm_gpu_memory_utilization: float = 0.3
+    # vLLM's KV cache in GiB (0: from vllm_gpu_memory_utilization). On the CPU every rank of a multi-process run
+    # shares the node's memory: there the utilization is split between the node's ranks unless this is set
+    vllm_kv_cache_gb: float = 0.0
     vllm_enable_sleep: bool = False
     vllm_sync_timeout_s: float = 120.0
     # after every weight sync, read back a fixed sample of engine parameters (embeddings, final norm, first and last
@@ -386,6 +389,7 @@ NON_NEGATIVE = [
     "generation.temperature", "generation.top_k", "max_train_seconds", "eval_every", "save_every", "num_eval",
     "hardware.num_threads", "reward.format_bonus", "seed", "dataset.seed", "judge.demo_seed",
     "sft.num_train", "sft.num_eval", "sft.eval_em", "reward.ensemble", "reward.ensemble_lcb_beta",
+    "hardware.vllm_kv_cache_gb",
 ]
 UNIT_INTERVAL = ["generation.top_p", "hardware.vllm_gpu_memory_utilization", "dataset.label_noise", "reward.route_budget",
                  "judge.master_key_negatives"]

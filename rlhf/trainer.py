@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 import logging
 import shutil
@@ -77,7 +79,8 @@ class Trainer:
         self.logger = (MetricsLogger(self.run_dir, cfg.logging, as_dict(cfg), name=self.run_dir.name)
                        if self.dist.is_main else NullLogger())
         self.rollout_engine = build_rollout_engine(cfg, self.policy.generation_model(), self.tokenizer, self.device,
-                                                   model_dir)
+                                                   model_dir, world_size=self.dist.world_size,
+                                                   local_world_size=self.dist.local_world_size)
         self.phases["setup (model, data, engines)"] = time.perf_counter() - t_start
         t_reward = time.perf_counter()
         ctx = RewardContext(cfg=cfg, tokenizer=self.tokenizer, run_dir=self.run_dir, device=self.device,
@@ -148,17 +151,24 @@ class Trainer:
         if self.cfg.hardware.rollout != "vllm":
             return 0.0
         t0 = time.perf_counter()
-        if self.cfg.hardware.vllm_lora_sync:  # adapter only: save the actor's adapter, serve it as a LoRA request
-            root = self.run_dir / "vllm_lora"
-            target = root / f"v{self.step:06d}_{time.monotonic_ns()}"
-            self.policy.model.save_pretrained(str(target), selected_adapters=[ACTOR_ADAPTER])
-            self.rollout_engine.load_lora(str(target))
-            for old in root.iterdir():  # the engine has loaded it; older versions are no longer served
-                if old != target:
-                    shutil.rmtree(old, ignore_errors=True)
-        else:
-            self.rollout_engine.load_weights(named_weights_for_sync(self.policy.model))
+        # every rank syncs its own engine; under ZeRO-3 from the gathered (full) weights
+        with self.backend.gathered():
+            if self.cfg.hardware.vllm_lora_sync:  # adapter only: save the actor's adapter, serve it as a LoRA request
+                root = self.run_dir / "vllm_lora" / (f"rank{self.dist.rank}" if self.dist.active else "")
+                target = root / f"v{self.step:06d}_{time.monotonic_ns()}"
+                self.policy.model.save_pretrained(str(target), selected_adapters=[ACTOR_ADAPTER])
+                self.rollout_engine.load_lora(str(target))
+                for old in root.iterdir():  # the engine has loaded it; older versions are no longer served
+                    if old != target:
+                        shutil.rmtree(old, ignore_errors=True)
+            else:
+                self.rollout_engine.load_weights(named_weights_for_sync(self.policy.model))
         return time.perf_counter() - t0
+
+    def _generation(self):
+        """The backend's generation context when the policy itself generates (hf); a vLLM engine holds its own
+        weights, so ZeRO-3 need not gather the actor for it."""
+        return self.backend.generation() if self.cfg.hardware.rollout == "hf" else contextlib.nullcontext()
 
     # ------------------------------------------------------------------------------------------------- eval
     def evaluate(self, tag: str) -> Dict[str, Any]:
@@ -166,7 +176,7 @@ class Trainer:
         g = self.cfg.generation
         items = self.dist.shard(self.test_items)  # each rank evaluates its shard of the split
         with torch.no_grad():
-            with self.backend.generation():
+            with self._generation():
                 prompts = [self.task.prompt_text(self.tokenizer, it) for it in items]
                 replies, lengths = greedy_replies(self.rollout_engine, prompts, g.eval_batch_size, g.eval_max_new_tokens,
                                                   self.cfg.logging.progress and self.dist.is_main, f"eval {tag}")
@@ -192,7 +202,7 @@ class Trainer:
         sampling = SamplingParams(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p,
                                   top_k=g.top_k, n=a.samples_per_prompt, stop=list(g.stop))
         t0 = time.perf_counter()
-        with self.backend.generation():
+        with self._generation():
             rollout = generate_rollout(self.rollout_engine, prompts, sampling, [it.meta for it in items],
                                        seed=cfg.seed, step=seed_draw, rank=self.dist.rank if self.dist.active else None,
                                        first_index=lo,

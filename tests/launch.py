@@ -21,6 +21,8 @@ TINY = [
     "generation.max_new_tokens=12", "generation.eval_max_new_tokens=12", "dataset.num_train=64", "dataset.num_test=8",
     "hardware.num_threads=1",
 ]
+# the tiny model with vLLM-compatible attention shapes (vLLM's CPU attention needs a head size it supports)
+VLLM_SHAPES = ["model.tiny.hidden_size=128", "model.tiny.num_attention_heads=2", "model.tiny.num_key_value_heads=1"]
 # metrics that measure time, not learning: excluded from equality checks
 TIMING = ("time/", "step_seconds", "tokens_per_s", "gen_tokens_per_s")
 

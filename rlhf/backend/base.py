@@ -100,7 +100,12 @@ class TrainingBackend:
 
     # ------------------------------------------------------------------------------------------------- trainer
     def generation(self) -> ContextManager[None]:
-        """The context rollouts and evaluations generate in."""
+        """The context rollouts and evaluations generate in (with the policy itself: hardware.rollout=hf)."""
+        return contextlib.nullcontext()
+
+    def gathered(self) -> ContextManager[None]:
+        """Full (unpartitioned) weights inside the block, read-only: what a weight sync to vLLM reads. Collective under
+        ZeRO-3 (every rank enters it)."""
         return contextlib.nullcontext()
 
     def save(self, run_dir: Path, step: int, tokenizer, trainer_state: Dict[str, Any], keep: int) -> Path:

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 # metrics summed over ranks (throughput) and maxed over ranks (wall time of the slowest rank); the rest are averaged
 SUM_KEYS = ("tokens_per_s", "gen_tokens_per_s")
-MAX_PREFIXES = ("time/", "step_seconds")
+MAX_PREFIXES = ("time/", "step_seconds", "engine_logprob_diff_max")  # the worst rank's figure
 
 
 def env_world() -> Tuple[int, int, int]:
@@ -84,8 +84,6 @@ def world_config_errors(cfg: Config, world_size: Optional[int] = None) -> List[s
     errors = []
     if hw.deepspeed_offload and hw.deepspeed_stage == 0:
         errors.append("hardware.deepspeed_offload: needs hardware.deepspeed_stage 2 or 3 (e.g. hardware=zero3_offload)")
-    if hw.deepspeed_stage and hw.rollout != "hf":
-        errors.append(f"hardware.rollout: {hw.rollout!r} is not supported with DeepSpeed yet; use hf")
     if world > 1 and hw.deepspeed_stage == 0:
         errors.append(f"hardware.deepspeed_stage: {world} processes were launched (WORLD_SIZE={world}) but the "
                       "plain torch path is single-process; use hardware=zero2, zero3 or zero3_offload")
@@ -123,6 +121,11 @@ class DistContext:
     @property
     def active(self) -> bool:
         return self.backend is not None
+
+    @property
+    def local_world_size(self) -> int:
+        """Processes on this node (torchrun's LOCAL_WORLD_SIZE; the world size when no launcher says)."""
+        return int(os.environ.get("LOCAL_WORLD_SIZE", self.world_size)) if self.active else 1
 
     # ------------------------------------------------------------------------------------------------ sharding
     def shard_range(self, n: int) -> Tuple[int, int]:

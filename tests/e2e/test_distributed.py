@@ -209,7 +209,6 @@ def _cfg(*overrides: str):
     (["algo=grpo", "algo.prompts_per_step=6", "algo.samples_per_prompt=4", "algo.minibatch_size=4",
       "hardware=zero2"], 3, "algo.minibatch_size"),
     (["algo=grpo"], 2, "hardware.deepspeed_stage"),
-    (["hardware=zero2", "hardware.rollout=vllm"], 1, "hardware.rollout"),
     (["hardware.deepspeed_offload=true"], 1, "hardware.deepspeed_offload"),
     (["algo=grpo", "hardware=zero2", "algo.micro_batch_size=1"], 2, "algo.micro_batch_size"),
 ])
@@ -219,6 +218,25 @@ def test_world_size_checks_name_the_key(overrides, world, key):
     with pytest.raises(ConfigError, match=f"^{key}:"):
         check_world_config(_cfg(*overrides), world)
     check_world_config(_cfg("algo=grpo", "hardware=zero2"), 2)  # 4 prompts, minibatch 8: fine on 2 ranks
+
+
+@pytest.mark.parametrize("preset,stage", [("zero2_vllm", 2), ("zero3_vllm", 3), ("zero3_vllm_gpu", 3)])
+def test_deepspeed_vllm_presets_compose_and_pass_the_world_checks(preset, stage):
+    from rlhf.rollout import vllm_parallel_kwargs
+
+    cfg = _cfg("algo=grpo", f"hardware={preset}")
+    hw = cfg.hardware
+    assert hw.rollout == "vllm" and hw.deepspeed_stage == stage
+    check_world_config(cfg, 2)
+    kw = vllm_parallel_kwargs(cfg, world_size=2, local_world_size=2, is_cpu=hw.device == "cpu")
+    assert kw["distributed_executor_backend"] == "external_launcher" and kw["tensor_parallel_size"] == 1
+    if hw.device == "cpu":  # the CPU presets fix the KV cache per rank (the ranks share the node's memory)
+        assert kw["kv_cache_memory_bytes"] == 1 << 30 and "gpu_memory_utilization" not in kw
+    else:  # one GPU per rank: each engine takes its fraction of its own device
+        assert hw.vllm_enable_sleep and "gpu_memory_utilization" not in kw and "kv_cache_memory_bytes" not in kw
+    # a single process keeps vLLM's default executor; without a fixed KV size the CPU fraction is split per rank
+    assert vllm_parallel_kwargs(_cfg("hardware=cpu_vllm"), 1, 1, True) == {}
+    assert vllm_parallel_kwargs(_cfg("hardware=cpu_vllm"), 2, 2, True)["gpu_memory_utilization"] == pytest.approx(0.15)
 
 
 def test_bad_world_size_fails_at_startup(tmp_path):

@@ -6,14 +6,12 @@ import subprocess
 import sys
 
 import pytest
+from launch import VLLM_SHAPES
 from test_train_e2e import ROOT, TINY
 
 pytestmark = pytest.mark.vllm
 
-# the tiny model with vLLM-compatible attention shapes (vLLM's CPU attention needs a head size it supports)
-VLLM_TINY = [o for o in TINY if not o.startswith("model=")] + [
-    "model=tiny_random", "model.tiny.hidden_size=128", "model.tiny.num_attention_heads=2",
-    "model.tiny.num_key_value_heads=1"]
+VLLM_TINY = [o for o in TINY if not o.startswith("model=")] + ["model=tiny_random", *VLLM_SHAPES]
 
 
 def test_vllm_rollouts_follow_the_updated_policy(tmp_path):
