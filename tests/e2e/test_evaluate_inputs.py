@@ -36,7 +36,7 @@ INPUTS = {
 
 # (id, CLI arguments, expected substrings of the error lines); {out} is the output path, {tmp} the folder of INPUTS
 CASES = [
-    # 1. config values: the shared checks (rlhf.config.config_errors) and the evaluate-only ones
+    # 1. config values: the shared checks (rlhf.config.checks.config_errors) and the evaluate-only ones
     ("judge_num_demos", ["task=rewardbench", f"scores={SCORES}", "output={out}", "judge.num_demos=9"],
      ["judge.num_demos: must be between 0 and 6, got 9"]),
     ("unknown_task", ["task=rewardbenh", f"scores={SCORES}", "output={out}"],
