@@ -331,7 +331,10 @@ class Trainer:
             self.evaluate("before")
         self.phases["held-out eval before"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        bar = tqdm(total=cfg.steps, initial=self.step, desc=f"{cfg.algo.name}",
+        # under a time budget the bar counts training seconds (the step cap is rarely what ends such a run)
+        timed = bool(cfg.max_train_seconds)
+        bar = tqdm(total=round(cfg.max_train_seconds) if timed else cfg.steps, initial=0 if timed else self.step,
+                   unit="s" if timed else "it", desc=f"{cfg.algo.name}",
                    disable=not cfg.logging.progress or not self.dist.is_main)
         last: Dict[str, float] = {}
         while self.step < cfg.steps:
@@ -348,8 +351,9 @@ class Trainer:
                 continue
             self.step += 1
             self.logger.log(last, self.step)
-            bar.update(1)
-            bar.set_postfix(reward=f"{last['reward_mean']:.3f}", kl=f"{last.get('kl', float('nan')):.3f}",
+            bar.update(min(round(time.perf_counter() - t0), bar.total) - bar.n if timed else 1)
+            bar.set_postfix(**({"step": f"{self.step}/{cfg.steps}"} if timed else {}),
+                            reward=f"{last['reward_mean']:.3f}", kl=f"{last.get('kl', float('nan')):.3f}",
                             em=f"{last.get('em_flexible', float('nan')):.2f}", s=f"{last['step_seconds']:.1f}")
             if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
                 self.evaluate(f"step_{self.step}")

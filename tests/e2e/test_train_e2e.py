@@ -73,6 +73,20 @@ def test_lora_run_saves_adapter_only(tmp_path):
     assert any(k.endswith("lora_B.weight") and v.abs().sum() > 0 for k, v in adapter.items()), "LoRA B never moved"
 
 
+def test_time_budget_ends_training_and_the_bar_counts_seconds(tmp_path):
+    """max_train_seconds: the run stops after the step that spends the budget, then evaluates and saves as usual;
+    the progress bar counts training seconds against the budget (not steps against a step cap it will not reach)."""
+    proc = run_train(tmp_path, "algo=grpo", "steps=1000", "max_train_seconds=1", "algo.prompts_per_step=2",
+                     "algo.samples_per_prompt=2", "algo.minibatch_size=4", "eval_before=false", "logging.progress=true")
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    n = len([r for r in rows if "reward_mean" in r])
+    assert 1 <= n < 50  # a tiny step takes a fraction of a second
+    assert f"time budget: 1 s of training reached after step {n} of 1000" in proc.stdout + proc.stderr
+    assert "/1 [" in proc.stderr and f"step={n}/1000" in proc.stderr, proc.stderr[-1500:]
+    assert json.loads((tmp_path / "summary.json").read_text())["step"] == n
+    assert (tmp_path / "checkpoints" / f"step_{n:06d}").is_dir()
+
+
 @pytest.mark.parametrize("override,key", [
     ("algo.klcoef=0.1", "algo.klcoef"),
     ("algo.kl_coef=-0.5", "algo.kl_coef"),
