@@ -138,9 +138,9 @@ def config_errors(cfg: Any) -> List[str]:
         errors.append(f"reward.name: routed compares replies to the same prompt in pairs; "
                       f"algo.samples_per_prompt={getattr(cfg.algo, 'samples_per_prompt', 1)} needs to be >= 2")
     if has("judge") and has("hardware") and has("reward") and cfg.judge.vllm:
-        if cfg.reward.name != "rubric_judge":
-            errors.append(f"judge.vllm: vLLM scores the rubric judge (the frozen base); reward.name is "
-                          f"{cfg.reward.name}")
+        if cfg.reward.name not in ("rubric_judge", "lora_judge"):
+            errors.append(f"judge.vllm: vLLM scores the rubric judge (the frozen base) or the lora_judge (its adapter "
+                          f"as a LoRA request); reward.name is {cfg.reward.name}")
         elif cfg.hardware.rollout != "vllm" or not cfg.hardware.vllm_lora_sync:
             errors.append("judge.vllm: needs hardware.rollout=vllm with hardware.vllm_lora_sync=true (the engine "
                           "then holds the base weights the judge reads)")

@@ -169,10 +169,12 @@ class JudgeConfig:
     # reply is a content-free "master key" (rlhf/judge/master_keys.py HARDENING_KEYS: punctuation, bare openers) for a
     # lora_judge / bt_rm trained in the run (0: off); task=judge_robustness probes with a disjoint key list
     master_key_negatives: float = 0.0
-    # score the rubric judge's verdict tokens with the run's vLLM engine (one decoding step restricted to the verdict
-    # tokens; vLLM's prefix cache keeps the shared rubric + demonstrations prefix) instead of a transformers forward.
+    # score the judge's verdict tokens with the run's vLLM engine (one decoding step restricted to the verdict tokens;
+    # vLLM's prefix cache keeps the shared rubric + demonstrations prefix) instead of a transformers forward: the
+    # rubric judge on the engine's base weights, the lora_judge with its trained adapter as a pinned LoRA request.
     # Needs hardware.rollout=vllm with hardware.vllm_lora_sync=true, so that the engine's own weights are the base the
-    # judge reads (the actor is served as a LoRA request)
+    # judge reads (the actor is served as a LoRA request). At start-up a few items are scored both ways and the run
+    # fails if they disagree by more than 1e-2 (log: "judge.vllm: ... agree within")
     vllm: bool = False
     # demonstration pool: JSONL with prompt/chosen/rejected (null: the synthetic_prefs train split)
     demo_path: Optional[str] = None

@@ -182,11 +182,9 @@ def build_judge_reward(cfg: Config, context: Any, name: str = "judge") -> JudgeR
         else:
             scorer.to(device)
     engine = getattr(context, "rollout_engine", None)
-    if cfg.judge.vllm and kind == "rubric_judge":  # the engine holds the base; the actor is a LoRA request
-        if not hasattr(engine, "verdict_logprobs"):
-            raise ValueError("judge.vllm: the run has no vLLM engine to score the judge with")
-        scorer.verdict_backend = lambda prompts, allowed: engine.verdict_logprobs(prompts, allowed)
-        log.info("judge: verdicts scored by the vLLM engine (base weights, prefix cache)")
+    if cfg.judge.vllm and kind in ("rubric_judge", "lora_judge"):  # the engine holds the base; the actor is a LoRA
+        serve_judge_with_vllm(scorer, engine, kind, checkpoint or (str(in_run) if in_run is not None else None),
+                              cfg.dataset)
     reward = JudgeReward(cfg, scorer, run_dir)
     if cfg.judge.heldout_pairs > 0:
         rows = heldout_pairs(cfg.dataset, cfg.judge.heldout_pairs)
@@ -200,6 +198,43 @@ def build_judge_reward(cfg: Config, context: Any, name: str = "judge") -> JudgeR
         reward.summary[f"{kind} held-out pair accuracy"] = f"{100 * acc:.1f} % on {len(rows)} {source} test pairs"
         reward.heldout_accuracy = acc
     return reward
+
+
+VLLM_JUDGE_TOL = 1e-2  # max |score| gap between the vLLM and transformers verdicts at start-up (float32: ~1e-3)
+
+
+def serve_judge_with_vllm(scorer: Any, engine: Any, kind: str, adapter_dir: Optional[str], dataset_cfg: Any,
+                          check_items: int = 4) -> float:
+    """judge.vllm: the judge's verdict log-probs come from the rollout engine from now on (rubric_judge: its base
+    weights; lora_judge: the saved adapter in ``adapter_dir`` as a pinned LoRA request). Before switching, a few
+    held-out pairs are scored both ways; a gap above VLLM_JUDGE_TOL fails the run (wrong base, adapter not applied).
+    Returns the gap."""
+    if not hasattr(engine, "verdict_logprobs"):
+        raise ValueError("judge.vllm: the run has no vLLM engine to score the judge with")
+    request = None
+    if kind == "lora_judge":
+        if adapter_dir is None or not (Path(adapter_dir) / "adapter_config.json").is_file():
+            raise ValueError(f"judge.vllm: no saved lora_judge adapter to serve ({adapter_dir})")
+        request = engine.add_static_lora("judge", adapter_dir)
+    rows = heldout_pairs(dataset_cfg, check_items)
+    args = ([r["prompt"] for r in rows], [r["chosen"] for r in rows], [r["rejected"] for r in rows])
+    reference = torch.tensor(scorer.score_pairs(*args), dtype=torch.float32)
+    scorer.verdict_backend = lambda prompts, allowed: engine.verdict_logprobs(prompts, allowed, lora_request=request)
+    gap = float((torch.tensor(scorer.score_pairs(*args), dtype=torch.float32) - reference).abs().max())
+    if not gap <= VLLM_JUDGE_TOL:
+        raise RuntimeError(f"judge.vllm: the vLLM engine's verdict scores differ from the transformers judge's by "
+                           f"{gap:.3g} (> {VLLM_JUDGE_TOL}) on {len(rows)} held-out pairs; the engine does not hold "
+                           f"the judge's weights")
+    log.info("judge.vllm: %s verdicts scored by the vLLM engine (%s, prefix cache); vLLM and transformers agree "
+             "within %.2e on %d held-out pairs", kind, "base weights" if request is None else "adapter as a LoRA "
+             "request", gap, len(rows))
+    if request is not None:  # what the check is worth: how far the adapter moves these scores from the base's
+        scorer.verdict_backend = lambda prompts, allowed: engine.verdict_logprobs(prompts, allowed)
+        moved = float((torch.tensor(scorer.score_pairs(*args), dtype=torch.float32) - reference).abs().max())
+        scorer.verdict_backend = lambda prompts, allowed: engine.verdict_logprobs(prompts, allowed,
+                                                                                  lora_request=request)
+        log.info("judge.vllm: without the adapter the same scores move by up to %.2e", moved)
+    return gap
 
 
 def shared_judge_base(cfg: Config, context: Any) -> Optional[torch.nn.Module]:

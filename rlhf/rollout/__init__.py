@@ -53,12 +53,15 @@ def build_rollout_engine(cfg: Config, model: torch.nn.Module, tokenizer, device:
     if cfg.judge.vllm:  # judge prompts: rubric + demonstrations (each item clipped to judge.max_len) + the item
         max_len = max(max_len, cfg.judge.max_len * (cfg.judge.num_demos + 1) + 256)
     extra = vllm_parallel_kwargs(cfg, world_size, local_world_size, device.type == "cpu")
-    if cfg.hardware.vllm_lora_sync:  # adapter-only sync: vLLM's LoRA support, one adapter slot of the actor's rank
+    if cfg.hardware.vllm_lora_sync:  # adapter-only sync: vLLM's LoRA support, one slot for the actor's adapter
+        judge_lora = cfg.judge.vllm and cfg.reward.name == "lora_judge"  # and one for the trained judge's
+        need = max(cfg.model.lora.r, cfg.judge.lora.r if judge_lora else 0)
         ranks = (8, 16, 32, 64, 128, 256, 320, 512)
-        rank = next((r for r in ranks if r >= cfg.model.lora.r), None)
+        rank = next((r for r in ranks if r >= need), None)
         if rank is None:
-            raise ValueError(f"hardware.vllm_lora_sync: vLLM serves LoRA ranks up to 512; model.lora.r={cfg.model.lora.r}")
-        extra.update(enable_lora=True, max_lora_rank=rank, max_loras=1)
+            raise ValueError(f"hardware.vllm_lora_sync: vLLM serves LoRA ranks up to 512; model.lora.r="
+                             f"{cfg.model.lora.r}" + (f", judge.lora.r={cfg.judge.lora.r}" if judge_lora else ""))
+        extra.update(enable_lora=True, max_lora_rank=rank, max_loras=2 if judge_lora else 1)
     return VLLMEngine(model_dir, tokenizer, cfg.hardware, max_model_len=max_len, seed=cfg.seed,
                       dtype=cfg.hardware.dtype, max_prompt_tokens=cfg.dataset.max_prompt_tokens, extra_llm_kwargs=extra)
 

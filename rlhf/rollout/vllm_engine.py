@@ -390,6 +390,18 @@ class VLLMEngine:
         self.last_sync = {"seconds": time.perf_counter() - t0, "mode": "lora", "bytes": size,
                           "lora_id": self._lora_version}
 
+    def add_static_lora(self, name: str, adapter_dir: str) -> LoRARequest:
+        """A LoRA adapter (peft format) served next to the policy's for the rest of the run, e.g. the trained
+        lora_judge's: loaded and pinned now (a bad adapter fails here), never refreshed. Its ids start at 1,000,000,
+        away from the policy's versions."""
+        self._check_usable()
+        self._static_loras = getattr(self, "_static_loras", 0) + 1
+        request = LoRARequest(name, 1_000_000 + self._static_loras, str(adapter_dir))
+        self._wake()
+        self.llm.llm_engine.add_lora(request)
+        self.llm.llm_engine.pin_lora(request.lora_int_id)
+        return request
+
     def verify_sync(self, weights: List[Tuple[str, torch.Tensor]]) -> float:
         """Reads back a fixed sample of engine parameters and compares them with what was pushed; a mismatch marks
         the engine unusable and raises RuntimeError naming the tensor. Returns the seconds it took.

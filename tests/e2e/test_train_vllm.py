@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -78,20 +79,34 @@ def test_adapter_only_sync_serves_the_actor_lora_through_vllm(tmp_path):
     assert len(list((tmp_path / "vllm_lora").iterdir())) == 1  # only the version being served is kept
 
 
-def test_rubric_judge_scored_by_the_rollout_engine(tmp_path):
-    """judge.vllm with adapter-only sync: one engine serves the actor (a LoRA request) and the frozen rubric judge
-    (the base, no request); the run trains and the judge's held-out pair accuracy is measured through vLLM."""
+@pytest.mark.parametrize("reward,extra", [
+    ("rubric_judge", []),
+    # a large lr moves the judge adapter far: vLLM agrees with transformers only if it serves the trained adapter
+    ("lora_judge", ["judge.train_steps=3", "judge.batch_size=2", "judge.lr=5e-2"]),
+])
+def test_judge_scored_by_the_rollout_engine(tmp_path, reward, extra):
+    """judge.vllm with adapter-only sync: one engine serves the actor (a LoRA request) and the frozen judge (the
+    rubric judge: the base, no request; the lora_judge: its trained adapter as a second, pinned LoRA request). At
+    start-up a few held-out pairs are scored both ways and must agree; the run trains and the judge's held-out pair
+    accuracy is measured through vLLM."""
     overrides = VLLM_TINY + [
         "model.lora.enabled=true", "model.lora.dropout=0.0", "hardware=cpu_vllm",
-        "hardware.vllm_lora_sync=true", "reward=rubric_judge", "judge.vllm=true", "judge.num_demos=0",
+        "hardware.vllm_lora_sync=true", f"reward={reward}", "judge.vllm=true", "judge.num_demos=0",
         "judge.max_len=384", "judge.heldout_pairs=4", "algo=grpo", "steps=2", "algo.prompts_per_step=2",
-        "algo.samples_per_prompt=2", "algo.minibatch_size=4", "eval_before=false",
+        "algo.samples_per_prompt=2", "algo.minibatch_size=4", "eval_before=false", *extra,
     ]
     env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
     proc = subprocess.run([sys.executable, "-m", "rlhf.train", f"hydra.run.dir={tmp_path}", *overrides], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     log = (tmp_path / "train.log").read_text()
-    assert "verdicts scored by the vLLM engine" in log and "held-out pair accuracy" in log
+    assert f"judge.vllm: {reward} verdicts scored by the vLLM engine" in log and "held-out pair accuracy" in log
+    gap = float(re.search(r"vLLM and transformers agree within (\S+) on 4 held-out pairs", log).group(1))
+    print(f"{reward}: vLLM vs transformers verdict scores, max gap {gap:.2e}")
+    assert gap < 2e-3
+    if reward == "lora_judge":  # the agreement is informative: served without its adapter the judge scores otherwise
+        moved = float(re.search(r"without the adapter the same scores move by up to (\S+)", log).group(1))
+        print(f"lora_judge: the adapter moves the scores by up to {moved:.2e}")
+        assert moved > 20 * gap and moved > 1e-3
     steps = [r for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines()) if "reward_mean" in r]
     assert len(steps) == 2 and all("reward/judge_score_mean" in r for r in steps)

@@ -66,7 +66,7 @@ def test_pairwise_signal_refused_for_a_reference_guided_judge():
     (["reward.ensemble=3"], r"^reward\.ensemble: an ensemble of reward heads is a bt_rm option"),
     (["hardware.vllm_lora_sync=true"], r"^hardware\.vllm_lora_sync: adapter-only sync is for hardware\.rollout=vllm"),
     (["reward=rubric_judge", "judge.vllm=true"], r"^judge\.vllm: needs hardware\.rollout=vllm with"),
-    (["reward=lora_judge", "judge.vllm=true"], r"^judge\.vllm: vLLM scores the rubric judge"),
+    (["reward=bt_rm", "judge.vllm=true"], r"^judge\.vllm: vLLM scores the rubric judge"),
     (["hardware=cpu_vllm", "hardware.vllm_lora_sync=true", "model.lora.enabled=false"],
      r"^hardware\.vllm_lora_sync: needs a LoRA actor"),
     (["reward=bt_rm", "reward.ensemble=3", "judge.lora.enabled=false"], r"^reward\.ensemble: the members are LoRA"),
