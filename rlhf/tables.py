@@ -70,6 +70,9 @@ class TableSpec:
     paper: Dict[str, Any] = field(default_factory=dict)  # row label -> {column label: the paper's number}
     paper_source: str = ""
     note: str = ""  # what the embedded-scale numbers do and do not reproduce
+    # the overrides this table's paper-scale run takes (`extra=...`), where they differ from the usual 7B + hub data +
+    # multi-GPU presets (tests/unit/test_tables.py composes every row with them); documentation, not applied by itself
+    paper_extra: List[str] = field(default_factory=list)
 
 
 @dataclass

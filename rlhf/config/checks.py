@@ -137,6 +137,13 @@ def config_errors(cfg: Any) -> List[str]:
             and getattr(cfg.algo, "samples_per_prompt", 1) < 2):
         errors.append(f"reward.name: routed compares replies to the same prompt in pairs; "
                       f"algo.samples_per_prompt={getattr(cfg.algo, 'samples_per_prompt', 1)} needs to be >= 2")
+    if has("reward") and has("model") and has("hardware") and has("sft") and cfg.reward.init_actor_from_sft:
+        if cfg.reward.name != "self_reward":
+            errors.append(f"reward.init_actor_from_sft: only reward=self_reward has an SFT model; reward.name is "
+                          f"{cfg.reward.name}")
+        elif not cfg.model.lora.enabled or cfg.hardware.deepspeed_stage or not cfg.sft.lora:
+            errors.append("reward.init_actor_from_sft: needs a LoRA actor (model.lora.enabled=true), a LoRA SFT "
+                          "adapter (sft.lora=true) and no DeepSpeed (both adapters on one base)")
     if has("judge") and has("hardware") and has("reward") and cfg.judge.vllm:
         if cfg.reward.name not in ("rubric_judge", "lora_judge"):
             errors.append(f"judge.vllm: vLLM scores the rubric judge (the frozen base) or the lora_judge (its adapter "

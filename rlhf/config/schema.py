@@ -105,6 +105,10 @@ class RewardConfig:
     shift: float = 0.0
     # self_reward: divide log pi_SFT(y|x) - log pi_base(y|x) by the reply's token count (false: the sequence sum)
     length_normalize: bool = False
+    # self_reward: the actor starts from pi_SFT (its LoRA adapter set to the SFT adapter's weights; the paper's recipe:
+    # PPO after SFT) instead of from the base. The KL reference stays the base (adapters off). Needs a LoRA actor and a
+    # LoRA SFT adapter of the same shape on the actor's base (no DeepSpeed)
+    init_actor_from_sft: bool = False
     # routed: the pairwise judge asked about the RM's most uncertain pairs (rubric_judge | lora_judge), its trained
     # adapter (null: a rubric judge needs none; a lora_judge is trained first), the fraction of each batch's pairs it
     # may be asked about, and how pairs are picked: margin (RM preference nearest 1/2), ensemble (disagreement of the

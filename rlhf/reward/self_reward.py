@@ -32,7 +32,7 @@ from rlhf.dataset.chat import render_prompt
 from rlhf.judge.lora_judge import peft_lora_config
 from rlhf.model.load import DTYPES, load_causal_lm
 from rlhf.model.sft import pack, response_logprobs, sequence_logprobs, train_sft
-from rlhf.model.shared import AdapterView, adapter_parameters, keep_requires_grad, model_scope
+from rlhf.model.shared import ACTOR_ADAPTER, AdapterView, adapter_parameters, keep_requires_grad, model_scope
 from rlhf.report.io import atomic_save_dir
 from rlhf.rollout.hf_engine import HFEngine
 from rlhf.reward.base import RewardOutput
@@ -284,6 +284,9 @@ def build_self_reward(cfg: Config, context: Any) -> SelfReward:
     if not share and not isinstance(sft, AdapterView):
         sft.to(device)
     reward = SelfReward(cfg, sft, ref, tokenizer, device, cfg.judge.eval_batch_size)
+    if cfg.reward.init_actor_from_sft and not share:
+        raise ValueError("reward.init_actor_from_sft: needs a LoRA actor with a LoRA SFT adapter on its base (no "
+                         "DeepSpeed); here pi_SFT is on a separate copy")
     if checkpoint is None:
         info = run_sft(sft, tokenizer, cfg.dataset, cfg.sft, cfg.seed,
                        log_fn=(lambda m, s: context.log(m, s, prefix="sft")) if getattr(context, "log", None)
@@ -293,4 +296,30 @@ def build_self_reward(cfg: Config, context: Any) -> SelfReward:
         reward.summary["SFT held-out NLL per token"] = (f"{info['heldout_nll_before']:.3f} -> "
                                                         f"{info['heldout_nll_after']:.3f} on {info['heldout_items']} "
                                                         f"test demonstrations")
+    if cfg.reward.init_actor_from_sft:
+        n = copy_adapter(actor, SFT_ADAPTER, ACTOR_ADAPTER)
+        log.info("self_reward: the actor starts from pi_SFT (%d adapter tensors copied)", n)
+        reward.summary["actor initialisation"] = "pi_SFT (reward.init_actor_from_sft)"
     return reward
+
+
+@torch.no_grad()
+def copy_adapter(peft_model: nn.Module, src: str, dst: str) -> int:
+    """Sets adapter ``dst``'s LoRA weights to adapter ``src``'s (same targets and shapes, else ValueError naming the
+    first mismatch); the scaling must match too. Returns the number of tensors copied."""
+    params = dict(peft_model.named_parameters())
+    pairs = [(n, n.replace(f".{src}.", f".{dst}.")) for n in params if ".lora_" in n and f".{src}." in n]
+    missing = [d for _, d in pairs if d not in params]
+    if not pairs or missing:
+        raise ValueError(f"reward.init_actor_from_sft: the actor's adapter has no tensor matching the SFT adapter's "
+                         f"{missing[0] if missing else '(none)'} (model.lora must match the SFT adapter)")
+    a, b = peft_model.peft_config[src], peft_model.peft_config[dst]
+    if (a.r, a.lora_alpha) != (b.r, b.lora_alpha):
+        raise ValueError(f"reward.init_actor_from_sft: SFT adapter r={a.r} alpha={a.lora_alpha} but model.lora "
+                         f"r={b.r} alpha={b.lora_alpha}")
+    for s_name, d_name in pairs:
+        if params[s_name].shape != params[d_name].shape:
+            raise ValueError(f"reward.init_actor_from_sft: {s_name} {tuple(params[s_name].shape)} vs {d_name} "
+                             f"{tuple(params[d_name].shape)}")
+        params[d_name].copy_(params[s_name])
+    return len(pairs)

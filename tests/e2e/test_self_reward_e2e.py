@@ -59,6 +59,18 @@ def test_sft_cli_output_is_a_self_reward_checkpoint(tmp_path):
     run_train(run, "steps=1", *RL, f"reward.checkpoint={sft_dir / 'sft'}")
     assert not (run / "sft").exists()  # loaded, not trained
     assert [r for r in _rows(run) if "reward_mean" in r]
+    assert [r for r in _rows(run) if "reward_mean" in r][0]["kl"] == 0.0  # from the base: policy = its reference
+    # the paper's recipe: the actor starts from pi_SFT (a LoRA actor of the SFT adapter's shape); KL to the base is
+    # then non-zero from the first step on
+    init = tmp_path / "rl_init"
+    run_train(init, "steps=1", *RL, f"reward.checkpoint={sft_dir / 'sft'}", "model.lora.enabled=true",
+              "reward.init_actor_from_sft=true")
+    assert "the actor starts from pi_SFT" in (init / "train.log").read_text()
+    first = [r for r in _rows(init) if "reward_mean" in r][0]
+    assert first["kl"] != 0.0
+    bad = run_train(tmp_path / "bad_init", "steps=1", *RL, f"reward.checkpoint={sft_dir / 'sft'}",
+                    "model.lora.enabled=true", "model.lora.r=8", "reward.init_actor_from_sft=true", check=False)
+    assert bad.returncode != 0 and "reward.init_actor_from_sft: SFT adapter r=16" in bad.stderr, bad.stderr[-2000:]
     bad = run_train(tmp_path / "bad", "steps=1", *RL, f"reward.checkpoint={sft_dir}", check=False)
     assert bad.returncode == 2 and "reward.checkpoint:" in bad.stderr and "rlhf.sft" in bad.stderr
     bad = subprocess.run([sys.executable, "-m", "rlhf.sft", "model=tiny_random", "dataset=synthetic_prefs",

@@ -70,6 +70,9 @@ def test_pairwise_signal_refused_for_a_reference_guided_judge():
     (["hardware=cpu_vllm", "hardware.vllm_lora_sync=true", "model.lora.enabled=false"],
      r"^hardware\.vllm_lora_sync: needs a LoRA actor"),
     (["reward=bt_rm", "reward.ensemble=3", "judge.lora.enabled=false"], r"^reward\.ensemble: the members are LoRA"),
+    (["reward.init_actor_from_sft=true"], r"^reward\.init_actor_from_sft: only reward=self_reward"),
+    (["reward=self_reward", "model.lora.enabled=false", "reward.init_actor_from_sft=true"],
+     r"^reward\.init_actor_from_sft: needs a LoRA actor"),
 ])
 def test_robust_reward_keys_are_checked_at_start_up(overrides, match):
     with pytest.raises(ConfigError, match=match):

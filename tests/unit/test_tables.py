@@ -82,7 +82,7 @@ def test_every_table_row_composes(name, scale, tmp_path):
     assert not spec_errors(spec)
     for row in spec.rows:
         entry = row.entry or spec.entry
-        extra = PAPER_SCALE.get(entry, []) if scale == "paper" else []
+        extra = (list(spec.paper_extra) or PAPER_SCALE.get(entry, [])) if scale == "paper" else []
         cfg = TablesConfig(table=spec, quick=scale == "quick", extra=extra, python="py")
         args = row_command(cfg, row, 0, tmp_path)[3:-1]  # drop python -m <entry> and hydra.run.dir
         with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
