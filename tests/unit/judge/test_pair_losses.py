@@ -107,3 +107,37 @@ def test_pair_loss_fn_dispatch_and_unknown_name():
     assert "tau" in pair_loss_fn("adaptive")(d)
     with pytest.raises(ValueError, match="reward.robust"):
         pair_loss_fn("huber")
+
+
+def _clean_accuracy(robust: str, noise: float, seed: int, dim: int = 20, n_train: int = 200, steps: int = 300) -> float:
+    """A linear reward r(x) = w.x trained on feature differences of n_train pairs, a seeded fraction of them with
+    chosen and rejected swapped; accuracy on 2000 clean held-out pairs."""
+    g = torch.Generator().manual_seed(seed)
+    w_true = torch.randn(dim, generator=g)
+
+    def pairs(m: int) -> torch.Tensor:
+        x = torch.randn(m, dim, generator=g)  # phi(chosen) - phi(rejected), oriented so chosen is truly better
+        return x * torch.sign(x @ w_true)[:, None]
+
+    train, test = pairs(n_train), pairs(2000)
+    flipped = torch.rand(n_train, generator=g) < noise
+    train = torch.where(flipped[:, None], -train, train)
+    w = torch.zeros(dim, requires_grad=True)
+    opt = torch.optim.Adam([w], lr=0.05)
+    loss_fn = pair_loss_fn(robust)
+    for _ in range(steps):
+        opt.zero_grad()
+        loss_fn(train @ w)["loss"].backward()
+        opt.step()
+    return float(((test @ w) > 0).float().mean())
+
+
+@pytest.mark.parametrize("noise", [0.1, 0.2, 0.3])
+def test_r3m_beats_plain_bt_on_clean_pairs_under_flipped_labels(noise):
+    """The claim R3M makes, in a setting small enough to check exactly: with 10/20/30 % of the training labels flipped,
+    a linear reward trained to convergence ranks clean held-out pairs better with R3M than with plain BT (mean of 3
+    seeds; measured +2.2, +2.2, +1.0 points). Adaptive scaling makes no such claim (its pairs' scales target how strong
+    a preference is, not whether its label is wrong) and measured within 1 point of BT here, so it is not asserted."""
+    bt = sum(_clean_accuracy("none", noise, s) for s in range(3)) / 3
+    r3m = sum(_clean_accuracy("r3m", noise, s) for s in range(3)) / 3
+    assert r3m > bt + 0.005, (noise, bt, r3m)
