@@ -169,7 +169,10 @@ def markdown(res: Dict[str, Any]) -> str:
     lines = [f"# {res['title'] or res['name']}", "", res["note"], "" if res["note"] else "",
              f"Scale: {res['scale']}; seeds {res['seeds']}; {res['date']}; machine: {res['machine_start']['cpus']} "
              f"CPUs, load {res['machine_start']['loadavg_1_5_15']} at start, {res['machine_end']['loadavg_1_5_15']} "
-             f"at end; total wall {res['wall_seconds'] / 60:.1f} min.", "",
+             f"at end; wall time of the rows {sum(r['wall_seconds'] for r in res['rows']) / 60:.1f} min"
+             + (f" ({res['reused']} of {len(res['rows']) * len(res['seeds'])} row runs reused from an earlier "
+                f"invocation, timed then; the load figures are this invocation's)" if res.get("reused") else "")
+             + ".", "",
              "| row | " + " | ".join(cols) + " | wall s |" + (" paper |" if paper else ""),
              "|---|" + "---|" * (len(cols) + 1 + (1 if paper else 0))]
     for r in res["rows"]:
@@ -199,7 +202,7 @@ def run_table(cfg: TablesConfig, argv: Optional[List[str]] = None) -> Dict[str, 
     start, t_all = machine(), time.perf_counter()
     rows_out = []
     total = len(t.rows) * len(t.seeds)
-    done = 0
+    done = reused = 0
     for row in t.rows:
         values: Dict[str, List[Optional[float]]] = {c.label: [] for c in t.columns}
         commands, wall, failed = [], 0.0, False
@@ -215,6 +218,7 @@ def run_table(cfg: TablesConfig, argv: Optional[List[str]] = None) -> Dict[str, 
             stamp = run_dir / "table_command.txt"
             if cfg.reuse and result.is_file() and stamp.is_file() and stamp.read_text() == commands[-1]:
                 log.info("table %s: [%d/%d] %s seed %d: reusing %s", t.name, done, total, row.label, seed, result)
+                reused += 1
             else:
                 run_dir.mkdir(parents=True, exist_ok=True)
                 stamp.unlink(missing_ok=True)
@@ -250,7 +254,7 @@ def run_table(cfg: TablesConfig, argv: Optional[List[str]] = None) -> Dict[str, 
                                                               else "embedded (SmolLM2-135M-Instruct, CPU)"),
            "command": shlex.join(["python", "-m", "rlhf.tables", *(argv or [])]),
            "date": time.strftime("%Y-%m-%d %H:%M"), "machine_start": start, "machine_end": machine(),
-           "wall_seconds": time.perf_counter() - t_all, "rows": rows_out, "quick": cfg.quick}
+           "wall_seconds": time.perf_counter() - t_all, "rows": rows_out, "quick": cfg.quick, "reused": reused}
     if not cfg.dry_run:
         suffix = "_quick" if cfg.quick else ""
         atomic_write_json(out_dir / f"{t.name}{suffix}.json", res)
