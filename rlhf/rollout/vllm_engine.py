@@ -205,6 +205,7 @@ class VLLMEngine:
         self._expected_cache: Dict[str, Tuple[Any, Tuple[float, float, int]]] = {}
         self.lora_request: Optional[LoRARequest] = None  # adapter-only sync: the policy's current adapter
         self._lora_version = 0
+        self._static_loras = 0  # adapters served for the whole run (add_static_lora), e.g. the lora_judge's
         self._sync_thread: Optional[threading.Thread] = None
         log.info("vLLM engine ready in %.1f s (%s, dtype=%s, eager=%s, layerwise sync=%s)", self.init_seconds,
                  "cpu" if self.is_cpu else "cuda", dtype, enforce_eager, self.layerwise)
@@ -395,7 +396,7 @@ class VLLMEngine:
         lora_judge's: loaded and pinned now (a bad adapter fails here), never refreshed. Its ids start at 1,000,000,
         away from the policy's versions."""
         self._check_usable()
-        self._static_loras = getattr(self, "_static_loras", 0) + 1
+        self._static_loras += 1
         request = LoRARequest(name, 1_000_000 + self._static_loras, str(adapter_dir))
         self._wake()
         self.llm.llm_engine.add_lora(request)
