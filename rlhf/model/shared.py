@@ -42,6 +42,23 @@ def adapter_parameters(peft_model: nn.Module, adapter: str) -> Iterator[nn.Param
     return (p for n, p in peft_model.named_parameters() if ".lora_" in n and tag in n)
 
 
+@torch.no_grad()
+def copy_adapter_weights(peft_model: nn.Module, src: str, dst: str) -> int:
+    """Sets LoRA adapter ``dst``'s weights to adapter ``src``'s; both must have the same rank, alpha, targets and
+    shapes (ValueError naming the first difference). Returns the number of tensors copied."""
+    a, b = peft_model.peft_config[src], peft_model.peft_config[dst]
+    if (a.r, a.lora_alpha) != (b.r, b.lora_alpha):
+        raise ValueError(f"adapter r={a.r} alpha={a.lora_alpha} ({src!r}) but {dst!r} has r={b.r} alpha={b.lora_alpha}")
+    params = dict(peft_model.named_parameters())
+    pairs = [(n, n.replace(f".{src}.", f".{dst}.")) for n in params if ".lora_" in n and f".{src}." in n]
+    for s_name, d_name in pairs:
+        if d_name not in params or params[s_name].shape != params[d_name].shape:
+            raise ValueError(f"adapter {s_name} {tuple(params[s_name].shape)} has no match in {dst!r}")
+    for s_name, d_name in pairs:
+        params[d_name].copy_(params[s_name])
+    return len(pairs)
+
+
 class AdapterView:
     """A named adapter of a shared peft model (``adapter=None``: the base with every adapter disabled)."""
 

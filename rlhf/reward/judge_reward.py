@@ -218,9 +218,15 @@ def serve_judge_with_vllm(scorer: Any, engine: Any, kind: str, adapter_dir: Opti
         request = engine.add_static_lora("judge", adapter_dir)
     rows = heldout_pairs(dataset_cfg, check_items)
     args = ([r["prompt"] for r in rows], [r["chosen"] for r in rows], [r["rejected"] for r in rows])
-    reference = torch.tensor(scorer.score_pairs(*args), dtype=torch.float32)
-    scorer.verdict_backend = lambda prompts, allowed: engine.verdict_logprobs(prompts, allowed, lora_request=request)
-    gap = float((torch.tensor(scorer.score_pairs(*args), dtype=torch.float32) - reference).abs().max())
+
+    def scores(lora: Any) -> torch.Tensor:  # lora: a LoRA request for the engine; False: transformers
+        scorer.verdict_backend = None if lora is False else (
+            lambda prompts, allowed: engine.verdict_logprobs(prompts, allowed, lora_request=lora))
+        return torch.tensor(scorer.score_pairs(*args), dtype=torch.float32)
+
+    reference = scores(False)
+    moved = float((scores(None) - reference).abs().max()) if request is not None else None  # adapter off
+    gap = float((scores(request) - reference).abs().max())  # leaves the engine as the judge's backend
     if not gap <= VLLM_JUDGE_TOL:
         raise RuntimeError(f"judge.vllm: the vLLM engine's verdict scores differ from the transformers judge's by "
                            f"{gap:.3g} (> {VLLM_JUDGE_TOL}) on {len(rows)} held-out pairs; the engine does not hold "
@@ -228,11 +234,7 @@ def serve_judge_with_vllm(scorer: Any, engine: Any, kind: str, adapter_dir: Opti
     log.info("judge.vllm: %s verdicts scored by the vLLM engine (%s, prefix cache); vLLM and transformers agree "
              "within %.2e on %d held-out pairs", kind, "base weights" if request is None else "adapter as a LoRA "
              "request", gap, len(rows))
-    if request is not None:  # what the check is worth: how far the adapter moves these scores from the base's
-        scorer.verdict_backend = lambda prompts, allowed: engine.verdict_logprobs(prompts, allowed)
-        moved = float((torch.tensor(scorer.score_pairs(*args), dtype=torch.float32) - reference).abs().max())
-        scorer.verdict_backend = lambda prompts, allowed: engine.verdict_logprobs(prompts, allowed,
-                                                                                  lora_request=request)
+    if moved is not None:  # what the check is worth: how far the adapter moves these scores from the base's
         log.info("judge.vllm: without the adapter the same scores move by up to %.2e", moved)
     return gap
 

@@ -32,7 +32,14 @@ from rlhf.dataset.chat import render_prompt
 from rlhf.judge.lora_judge import peft_lora_config
 from rlhf.model.load import DTYPES, load_causal_lm
 from rlhf.model.sft import pack, response_logprobs, sequence_logprobs, train_sft
-from rlhf.model.shared import ACTOR_ADAPTER, AdapterView, adapter_parameters, keep_requires_grad, model_scope
+from rlhf.model.shared import (
+    ACTOR_ADAPTER,
+    AdapterView,
+    adapter_parameters,
+    copy_adapter_weights,
+    keep_requires_grad,
+    model_scope,
+)
 from rlhf.report.io import atomic_save_dir
 from rlhf.rollout.hf_engine import HFEngine
 from rlhf.reward.base import RewardOutput
@@ -297,29 +304,11 @@ def build_self_reward(cfg: Config, context: Any) -> SelfReward:
                                                         f"{info['heldout_nll_after']:.3f} on {info['heldout_items']} "
                                                         f"test demonstrations")
     if cfg.reward.init_actor_from_sft:
-        n = copy_adapter(actor, SFT_ADAPTER, ACTOR_ADAPTER)
+        try:
+            n = copy_adapter_weights(actor, SFT_ADAPTER, ACTOR_ADAPTER)
+        except ValueError as e:
+            raise ValueError(f"reward.init_actor_from_sft: SFT {e} (model.lora must match the SFT adapter)") from None
         log.info("self_reward: the actor starts from pi_SFT (%d adapter tensors copied)", n)
         reward.summary["actor initialisation"] = "pi_SFT (reward.init_actor_from_sft)"
     return reward
 
-
-@torch.no_grad()
-def copy_adapter(peft_model: nn.Module, src: str, dst: str) -> int:
-    """Sets adapter ``dst``'s LoRA weights to adapter ``src``'s (same targets and shapes, else ValueError naming the
-    first mismatch); the scaling must match too. Returns the number of tensors copied."""
-    params = dict(peft_model.named_parameters())
-    pairs = [(n, n.replace(f".{src}.", f".{dst}.")) for n in params if ".lora_" in n and f".{src}." in n]
-    missing = [d for _, d in pairs if d not in params]
-    if not pairs or missing:
-        raise ValueError(f"reward.init_actor_from_sft: the actor's adapter has no tensor matching the SFT adapter's "
-                         f"{missing[0] if missing else '(none)'} (model.lora must match the SFT adapter)")
-    a, b = peft_model.peft_config[src], peft_model.peft_config[dst]
-    if (a.r, a.lora_alpha) != (b.r, b.lora_alpha):
-        raise ValueError(f"reward.init_actor_from_sft: SFT adapter r={a.r} alpha={a.lora_alpha} but model.lora "
-                         f"r={b.r} alpha={b.lora_alpha}")
-    for s_name, d_name in pairs:
-        if params[s_name].shape != params[d_name].shape:
-            raise ValueError(f"reward.init_actor_from_sft: {s_name} {tuple(params[s_name].shape)} vs {d_name} "
-                             f"{tuple(params[d_name].shape)}")
-        params[d_name].copy_(params[s_name])
-    return len(pairs)
