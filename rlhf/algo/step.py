@@ -9,7 +9,7 @@ minibatches, micro-batch accumulation, the KL-in-loss and entropy terms, non-fin
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple
 
 import torch
@@ -27,19 +27,21 @@ class Experience:
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     mask: torch.Tensor  # (B, R) response tokens
-    old_logprobs: torch.Tensor
-    ref_logprobs: torch.Tensor
+    old_logprobs: Optional[torch.Tensor]  # None: deferred to the update's first minibatch (`make_experience`)
+    ref_logprobs: Optional[torch.Tensor]  # None: no KL term anywhere
     advantages: torch.Tensor  # (B, R)
     returns: Optional[torch.Tensor]
     old_values: Optional[torch.Tensor]
     engine_logprobs: Optional[torch.Tensor]
     prompt_len: int
+    # metrics that need the old log-probs, measured by `update` when they were deferred (the trainer logs them)
+    late_metrics: Dict[str, float] = field(default_factory=dict)
 
     def select(self, idx: torch.Tensor) -> "Experience":
         pick = lambda t: None if t is None else t[idx]  # noqa: E731
         return Experience(
             input_ids=self.input_ids[idx], attention_mask=self.attention_mask[idx], mask=self.mask[idx],
-            old_logprobs=self.old_logprobs[idx], ref_logprobs=self.ref_logprobs[idx], advantages=self.advantages[idx],
+            old_logprobs=pick(self.old_logprobs), ref_logprobs=pick(self.ref_logprobs), advantages=self.advantages[idx],
             returns=pick(self.returns), old_values=pick(self.old_values), engine_logprobs=pick(self.engine_logprobs),
             prompt_len=self.prompt_len,
         )
@@ -102,26 +104,62 @@ def micro_weights(mask: torch.Tensor, chunks: List[slice], loss_agg: str, all_su
 
 
 @torch.no_grad()
-def compute_advantages(algo: Estimator, scores: torch.Tensor, mask: torch.Tensor, old_logprobs: torch.Tensor,
-                       ref_logprobs: torch.Tensor, values: Optional[torch.Tensor], group_size: int, kl_coef: float,
-                       all_sum: Optional[SumFn] = None):
+def compute_advantages(algo: Estimator, scores: torch.Tensor, mask: torch.Tensor, old_logprobs: Optional[torch.Tensor],
+                       ref_logprobs: Optional[torch.Tensor], values: Optional[torch.Tensor], group_size: int,
+                       kl_coef: float, all_sum: Optional[SumFn] = None):
     """Returns (advantages (B,R), returns (B,R) or None, per-token kl (B,R)): the algorithm's estimator between the
-    shared steps (per-token KL before, optional advantage whitening over the global batch after)."""
+    shared steps (per-token KL before, optional advantage whitening over the global batch after). The KL is zero
+    when either log-prob is None (no reference pass, or old log-probs deferred: then no KL is folded in anyway)."""
     cfg = algo.cfg
-    kl = kl_estimate(old_logprobs, ref_logprobs, cfg.kl_estimator) * mask
+    if old_logprobs is None or ref_logprobs is None:
+        kl = torch.zeros_like(mask, dtype=torch.float32)
+    else:
+        kl = kl_estimate(old_logprobs, ref_logprobs, cfg.kl_estimator) * mask
     advantages, returns = algo.advantages(scores, mask, kl, values, group_size, kl_coef, all_sum)
     if cfg.whiten_advantages:
         advantages = masked_whiten(advantages, mask, all_sum=all_sum)
     return advantages, returns, kl
 
 
+def can_defer_old_logprobs(cfg: Any, kl_coef: float, has_values: bool) -> bool:
+    """Whether the advantages can be computed without the old log-probs, so that their forward pass can be deferred to
+    the update (`update` fills them: the first minibatch's rows from its own forward, which runs on the unchanged
+    rollout policy, the other rows by one no-grad pass before the first optimizer step). True unless a value head,
+    a KL penalty folded into the reward, or an adaptive KL controller (which reads the KL before the update) needs
+    them first."""
+    kl_in_reward = getattr(cfg, "kl_in", "reward") == "reward" and kl_coef > 0
+    return not has_values and not kl_in_reward and cfg.kl_controller == "fixed"
+
+
+def old_logprob_metrics(old_logprobs: torch.Tensor, ref_logprobs: Optional[torch.Tensor], mask: torch.Tensor,
+                        engine_lp: Optional[torch.Tensor], kl_estimator: str,
+                        all_sum: Optional[SumFn] = None) -> Dict[str, float]:
+    """The KL to the reference (NaN when it was not measured) and the engine-vs-trainer log-prob gap."""
+    def tmean(x: torch.Tensor) -> float:  # a token mean over the global batch (the same on every rank)
+        return float(masked_mean(x, mask) if all_sum is None else global_masked_mean(x, mask, all_sum)[0])
+
+    metrics: Dict[str, float] = {"kl": float("nan"), "kl_per_token": float("nan")}
+    if ref_logprobs is not None:
+        kl = kl_estimate(old_logprobs, ref_logprobs, kl_estimator) * mask
+        # per-sequence KL, summed over tokens, averaged over sequences
+        metrics.update({"kl": float(kl.sum(-1).mean()), "kl_per_token": tmean(kl)})
+    if engine_lp is not None:
+        diff = (old_logprobs - engine_lp).abs()
+        metrics["engine_logprob_diff_mean"] = tmean(diff)
+        metrics["engine_logprob_diff_max"] = float((diff * mask).max())
+    return metrics
+
+
 @torch.no_grad()
 def make_experience(policy: Policy, rollout: Rollout, scores: torch.Tensor, algo: Estimator, kl_coef: float,
                     temperature: float, device: torch.device,
-                    all_sum: Optional[SumFn] = None) -> tuple[Experience, Dict[str, float]]:
+                    all_sum: Optional[SumFn] = None, defer_old: bool = False) -> tuple[Experience, Dict[str, float]]:
     """Old log-probs (+ values, reference log-probs) and advantages for one scored rollout.
 
-    all_sum (data parallel: sums over ranks) makes whitening use the global batch's statistics."""
+    all_sum (data parallel: sums over ranks) makes whitening use the global batch's statistics. defer_old: leave the
+    old log-probs to `update` where `can_defer_old_logprobs` allows it (one forward pass over the batch fewer for the
+    first minibatch; TRL skips them the same way when there is a single optimizer step per rollout); the KL and
+    engine-gap metrics then come back in `exp.late_metrics` after the update."""
     cfg = algo.cfg
     ids = rollout.input_ids.to(device)
     att = rollout.attention_mask.to(device)
@@ -129,49 +167,45 @@ def make_experience(policy: Policy, rollout: Rollout, scores: torch.Tensor, algo
     P, B = rollout.prompt_len, ids.shape[0]
     # with no KL term anywhere the reference forward is skipped (a third of this phase); KL is then not measured
     need_ref = kl_coef > 0 or cfg.kl_controller == "adaptive"
+    defer = defer_old and can_defer_old_logprobs(cfg, kl_coef, policy.value_head is not None)
     old_lp, ref_lp, vals = [], [], []
     for s in chunk_slices(B, micro_size(cfg)):
-        out = policy(ids[s], att[s], P, temperature, want_entropy=False)
-        old_lp.append(out.logprobs)
-        if out.values is not None:
-            vals.append(out.values)
+        if not defer:
+            out = policy(ids[s], att[s], P, temperature, want_entropy=False)
+            old_lp.append(out.logprobs)
+            if out.values is not None:
+                vals.append(out.values)
         if need_ref:
             ref_lp.append(policy.ref_logprobs(ids[s], att[s], P, temperature))
-    old_logprobs = torch.cat(old_lp)
-    ref_logprobs = torch.cat(ref_lp) if need_ref else old_logprobs
+    old_logprobs = None if defer else torch.cat(old_lp)
+    ref_logprobs = torch.cat(ref_lp) if need_ref else None
     values = torch.cat(vals) * mask if vals else None
     scores = scores.to(device).float()
-    advantages, returns, kl = compute_advantages(
+    advantages, returns, _ = compute_advantages(
         algo, scores, mask, old_logprobs, ref_logprobs, values, rollout.group_size, kl_coef, all_sum
     )
     engine_lp = rollout.engine_logprobs.to(device) if rollout.engine_logprobs is not None else None
-
-    def tmean(x: torch.Tensor) -> float:  # a token mean over the global batch (the same on every rank)
-        return float(masked_mean(x, mask) if all_sum is None else global_masked_mean(x, mask, all_sum)[0])
-
-    metrics = {
-        # per-sequence KL, summed over tokens, averaged over sequences (NaN: not measured, kl_coef=0)
-        "kl": float((kl.sum(-1)).mean()) if need_ref else float("nan"),
-        "kl_per_token": tmean(kl) if need_ref else float("nan"),
-        "advantage_mean": tmean(advantages),
-    }
+    metrics = {"advantage_mean": float(masked_mean(advantages, mask) if all_sum is None
+                                       else global_masked_mean(advantages, mask, all_sum)[0])}
     if values is not None:
-        metrics["value_mean"] = tmean(values)
-    if engine_lp is not None:
-        diff = (old_logprobs - engine_lp).abs()
-        metrics["engine_logprob_diff_mean"] = tmean(diff)
-        metrics["engine_logprob_diff_max"] = float((diff * mask).max())
+        metrics["value_mean"] = float(masked_mean(values, mask) if all_sum is None
+                                      else global_masked_mean(values, mask, all_sum)[0])
+    if old_logprobs is not None:
+        metrics.update(old_logprob_metrics(old_logprobs, ref_logprobs, mask, engine_lp, cfg.kl_estimator, all_sum))
     exp = Experience(ids, att, mask, old_logprobs, ref_logprobs, advantages, returns, values, engine_lp, P)
     return exp, metrics
 
 
 def minibatch_loss(policy: Policy, mb: Experience, algo: Estimator, kl_coef: float, temperature: float):
+    """(loss, stats, old log-probs): with mb.old_logprobs deferred (None) this forward runs on the rollout policy
+    itself, so its own detached log-probs are the old ones (ratio 1) and are returned for `update` to keep."""
     cfg = algo.cfg
     out = policy(mb.input_ids, mb.attention_mask, mb.prompt_len, temperature, want_entropy=True)
+    old_logprobs = mb.old_logprobs if mb.old_logprobs is not None else out.logprobs.detach()
     is_w = None
     if cfg.tis_cap > 0 and mb.engine_logprobs is not None:
-        is_w = truncated_is_weights(mb.old_logprobs, mb.engine_logprobs, cfg.tis_cap)
-    pg_loss, pg_stats = algo.policy_loss(out.logprobs, mb.old_logprobs, mb.advantages, mb.mask, is_w)
+        is_w = truncated_is_weights(old_logprobs, mb.engine_logprobs, cfg.tis_cap)
+    pg_loss, pg_stats = algo.policy_loss(out.logprobs, old_logprobs, mb.advantages, mb.mask, is_w)
     loss = pg_loss
     stats = {"policy_loss": pg_loss.detach(), **pg_stats}
     if cfg.kl_in == "loss" and kl_coef > 0:
@@ -188,7 +222,7 @@ def minibatch_loss(policy: Policy, mb: Experience, algo: Estimator, kl_coef: flo
         loss = loss + extra
         stats.update(extra_stats)
     stats["loss"] = loss.detach()
-    return loss, stats
+    return loss, stats, old_logprobs
 
 
 class UpdateHooks(Protocol):
@@ -226,18 +260,40 @@ def update(policy: Policy, exp: Experience, algo: Estimator, kl_coef: float, tem
     B = exp.input_ids.shape[0]
     sums: Dict[str, float] = {}
     count, skipped = 0, 0
+    deferred = exp.old_logprobs is None
+    if deferred:  # filled row by row: the first minibatch's own forward, then `fill_old` before the first step
+        exp.old_logprobs = torch.full(exp.mask.shape, float("nan"), device=exp.mask.device)
+        have = torch.zeros(B, dtype=torch.bool, device=exp.mask.device)
+
+    def fill_old() -> None:
+        rows = (~have).nonzero().squeeze(-1)
+        with torch.no_grad():
+            for s in chunk_slices(len(rows), micro_size(cfg)):
+                r = rows[s]
+                out = policy(exp.input_ids[r], exp.attention_mask[r], exp.prompt_len, temperature, want_entropy=False)
+                exp.old_logprobs[r] = out.logprobs
+        have[:] = True
+        exp.late_metrics = old_logprob_metrics(exp.old_logprobs, exp.ref_logprobs, exp.mask, exp.engine_logprobs,
+                                               cfg.kl_estimator, hooks.all_sum)
+
     for _ in range(cfg.epochs):
         perm = torch.randperm(B, generator=generator)
         for s in chunk_slices(B, cfg.minibatch_size):
-            mb = exp.select(perm[s].to(exp.input_ids.device))
+            rows = perm[s].to(exp.input_ids.device)
+            mb = exp.select(rows)
+            if deferred:
+                mb.old_logprobs = None  # this minibatch runs before any optimizer step: its forward gives them
             chunks = chunk_slices(mb.input_ids.shape[0], micro_size(cfg))
             weights, token_weights = micro_weights(mb.mask, chunks, cfg.loss_agg, hooks.all_sum, hooks.world_size)
             weighted = len(chunks) > 1 or hooks.all_sum is not None
             stats: Dict[str, torch.Tensor] = {}
             ok = True
             for i, (c, w, tw) in enumerate(zip(chunks, weights, token_weights)):
-                mloss, mstats = minibatch_loss(policy, mb.select(c) if len(chunks) > 1 else mb, algo, kl_coef,
-                                               temperature)
+                mloss, mstats, old = minibatch_loss(policy, mb.select(c) if len(chunks) > 1 else mb, algo, kl_coef,
+                                                    temperature)
+                if deferred:
+                    exp.old_logprobs[rows[c]] = old
+                    have[rows[c]] = True
                 if not hooks.all_finite(mloss):
                     if i > 0:
                         hooks.discard(mloss)
@@ -248,6 +304,9 @@ def update(policy: Policy, exp: Experience, algo: Estimator, kl_coef: float, tem
                     stats[k] = stats[k] + v if k in stats else v
                 hooks.backward(mloss * w if weighted else mloss, len(chunks) > 1, i == len(chunks) - 1)
                 del mloss
+            if deferred:  # before the weights move: the old log-probs of every other row
+                fill_old()
+                deferred = False
             if not ok:
                 skipped += 1
                 continue

@@ -8,6 +8,7 @@ the distribution the rollout engine sampled from.
 from __future__ import annotations
 
 import copy
+import inspect
 from dataclasses import dataclass
 from typing import Iterator, Optional, Tuple
 
@@ -31,6 +32,13 @@ def gather_logprobs(logits: torch.Tensor, tokens: torch.Tensor, with_entropy: bo
         if with_entropy:
             rows_entropy.append(-(lp.exp() * lp).sum(-1))
     return (out, torch.stack(rows_entropy)) if with_entropy else out
+
+
+def accepts_logits_to_keep(model: nn.Module) -> bool:
+    """Whether the causal LM (under a PEFT wrapper, which passes keyword arguments through) takes transformers'
+    `logits_to_keep`, which skips the LM head on the positions it is not asked for (here: the prompt's)."""
+    inner = model.get_base_model() if isinstance(model, PeftModel) else model
+    return "logits_to_keep" in inspect.signature(inner.forward).parameters
 
 
 @dataclass
@@ -64,11 +72,14 @@ class Policy(nn.Module):
 
     def _forward(self, model: nn.Module, input_ids, attention_mask, prompt_len: int, temperature: float,
                  want_entropy: bool, want_values: bool) -> PolicyOutput:
+        kwargs = {}
+        if accepts_logits_to_keep(model):  # the LM head and its softmax on the response positions only
+            kwargs["logits_to_keep"] = input_ids.shape[1] - prompt_len + 1
         out = model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask),
-            output_hidden_states=want_values, use_cache=False,
+            output_hidden_states=want_values, use_cache=False, **kwargs,
         )
-        logits = out.logits[:, prompt_len - 1 : -1, :]
+        logits = out.logits[:, -(input_ids.shape[1] - prompt_len + 1) : -1, :]
         if temperature > 0 and temperature != 1.0:
             logits = logits / temperature
         tokens = input_ids[:, prompt_len:]

@@ -209,3 +209,44 @@ def test_experience_forwards_in_micro_batches(tiny_policy, monkeypatch):
     assert sizes == [2, 2, 2, 2]
     for name in ("old_logprobs", "ref_logprobs", "old_values", "advantages", "returns"):
         assert torch.allclose(getattr(ref, name), getattr(got, name), atol=1e-5), name
+
+
+@pytest.mark.parametrize("minibatch,epochs", [(4, 1), (2, 2)])
+def test_deferred_old_logprobs_give_the_same_update(tiny_policy, minibatch, epochs):
+    """Leaving the old log-probs to the update (the first minibatch's own forward, the other rows before the first
+    optimizer step) changes nothing: the same weights after the update, the same old log-probs and KL metrics."""
+    cfg = algo_cfg("grpo", lr=1e-2, prompts_per_step=2, samples_per_prompt=2, minibatch_size=minibatch, epochs=epochs,
+                   kl_coef=0.1, kl_in="loss", kl_estimator="k3", whiten_advantages=False)
+    scores = torch.tensor([1.0, 0.0, 0.0, 1.0])
+    results = []
+    for defer in (False, True):
+        torch.manual_seed(0)  # the same LoRA initialisation for both
+        policy, tok = tiny_policy(lora=True)
+        with torch.no_grad():  # a non-zero adapter, so that the policy differs from the reference
+            for n, p in policy.model.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(0, 0.05, generator=torch.Generator().manual_seed(1))
+        rollout = rollout_for(policy, tok)
+        exp, metrics = make_experience(policy, rollout, scores, build_algorithm(cfg), cfg.kl_coef, 1.0,
+                                       torch.device("cpu"), defer_old=defer)
+        assert (exp.old_logprobs is None) == defer
+        stats = update(policy, exp, build_algorithm(cfg), cfg.kl_coef, 1.0, TorchBackend(policy, cfg),
+                       generator=torch.Generator().manual_seed(0))
+        results.append((exp, {**metrics, **exp.late_metrics}, stats,
+                        {n: p.detach().clone() for n, p in policy.model.named_parameters() if p.requires_grad}))
+    (e0, m0, s0, w0), (e1, m1, s1, w1) = results
+    assert torch.allclose(e0.old_logprobs, e1.old_logprobs, atol=1e-5)
+    assert m0["kl"] == pytest.approx(m1["kl"], abs=1e-5) and m0["kl"] > 0
+    assert s1["optimizer_steps"] == s0["optimizer_steps"] == epochs * 4 // minibatch
+    for n in w0:
+        assert torch.allclose(w0[n], w1[n], atol=1e-5), n
+
+
+def test_old_logprobs_are_not_deferred_when_the_advantages_need_them(tiny_policy):
+    from rlhf.algo.step import can_defer_old_logprobs
+    grpo = algo_cfg("grpo", kl_coef=0.1, kl_in="loss")
+    assert can_defer_old_logprobs(grpo, 0.1, has_values=False)
+    assert not can_defer_old_logprobs(grpo, 0.1, has_values=True)  # PPO's values come from that forward
+    assert not can_defer_old_logprobs(algo_cfg("rloo", kl_coef=0.1, kl_in="reward"), 0.1, has_values=False)
+    assert can_defer_old_logprobs(algo_cfg("rloo", kl_coef=0.0, kl_in="reward"), 0.0, has_values=False)
+    assert not can_defer_old_logprobs(algo_cfg("ppo", kl_controller="adaptive", kl_coef=0.1), 0.1, has_values=False)
