@@ -36,7 +36,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, List, Optional
 
 from bench_common import (
     GOAL_MEMORY_RATIO,
@@ -70,7 +70,7 @@ from bench_online import (
     run_trl,
     summarize_run,
 )
-from bench_report import render_markdown
+from bench_report import render_markdown, with_appended_sections
 from bench_workers import VLLM_SNIPPET, WORKERS, run_worker, vllm_derived
 
 
@@ -221,6 +221,27 @@ def run_memory(report: Dict[str, Any], work: Path, cfg, trl_spec: Dict[str, Any]
 
 
 # -------------------------------------------------------------------------------------------------------------- main
+# the report keys each section writes
+SECTION_KEYS = {"ppo": ("ppo", "phases_ppo"), "rollout": ("rollout", "rollout_ratio"), "vllm": ("vllm",),
+                "judge": ("judge",), "memory": ("memory",)}
+
+
+def keep_sections(report: Dict[str, Any], sections: List[str], keep_from: Optional[str]) -> List[str]:
+    """BENCH_KEEP_FROM=<an earlier report JSON>: the sections left out of BENCH_SECTIONS are copied from it (and
+    marked as such in BENCHMARKS.md) instead of showing as not run. Returns the sections copied."""
+    if not keep_from:
+        return []
+    old = json.loads(Path(keep_from).read_text())
+    kept = [sec for sec, keys in SECTION_KEYS.items() if sec not in sections and keys[0] in old]
+    for sec in kept:
+        for k in SECTION_KEYS[sec]:
+            if k in old:
+                report[k] = old[k]
+    report["kept_sections"] = {"from": os.path.relpath(Path(keep_from).resolve(), ROOT), "date": old.get("date"),
+                               "sections": kept}
+    return kept
+
+
 def main() -> int:
     s = sizes()
     engines, sections = grpo_engines(), bench_sections()
@@ -331,14 +352,16 @@ def main() -> int:
     if "memory" in sections:
         run_memory(report, work, cfg, trl_spec)
 
-    report["sections_not_run"] = [x for x in SECTIONS if x not in sections]
+    kept = keep_sections(report, sections, os.environ.get("BENCH_KEEP_FROM"))
+    report["sections_not_run"] = [x for x in SECTIONS if x not in sections and x not in kept]
     report["suite_seconds"] = time.perf_counter() - t_suite
     bench_dir = ROOT / "benchmarks"
     bench_dir.mkdir(exist_ok=True)
     json_path = Path(os.environ.get("BENCH_JSON") or bench_dir / f"{date}-{SUITE}{'-quick' if QUICK else ''}.json")
     json_path.write_text(json.dumps(report, indent=1, default=str))
     md_path = Path(os.environ.get("BENCH_MD") or ROOT / "BENCHMARKS.md")
-    md_path.write_text(render_markdown(report, json_path))
+    md_path.write_text(with_appended_sections(render_markdown(report, json_path),
+                                              md_path.read_text() if md_path.is_file() else ""))
     say(f"wrote {json_path} and {md_path} in {report['suite_seconds']:.0f} s; "
         f"{len(report['errors'])} error(s)")
     for e in report["errors"]:
@@ -350,7 +373,8 @@ if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "_render":  # BENCHMARKS.md again from a saved JSON
         jp = Path(sys.argv[2]).resolve()
         out_md = Path(os.environ.get("BENCH_MD") or ROOT / "BENCHMARKS.md")
-        out_md.write_text(render_markdown(json.loads(jp.read_text()), jp))
+        out_md.write_text(with_appended_sections(render_markdown(json.loads(jp.read_text()), jp),
+                                                 out_md.read_text() if out_md.is_file() else ""))
         sys.exit(0)
     if len(sys.argv) >= 2 and sys.argv[1] == "_worker":
         name, spec_path, out_path = sys.argv[2], sys.argv[3], sys.argv[4]

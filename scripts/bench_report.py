@@ -73,6 +73,10 @@ def render_markdown(r: Dict[str, Any], json_path: Path) -> str:
     L.append(f"- command: `{r['command']}` (what `make bench` runs, after `pip install -e '.[bench]'`)")
     if r.get("sections_not_run"):
         L.append(f"- sections not run (`BENCH_SECTIONS`): {', '.join(r['sections_not_run'])}")
+    kept = r.get("kept_sections") or {}
+    if kept.get("sections"):
+        L.append(f"- sections kept from an earlier run (`BENCH_KEEP_FROM={kept['from']}`, measured "
+                 f"{kept.get('date')}), not re-measured here: {', '.join(kept['sections'])}")
     if r["errors"]:
         L.append(f"- **errors: {len(r['errors'])}** (listed at the end)")
     L.append("")
@@ -270,7 +274,24 @@ def render_markdown(r: Dict[str, Any], json_path: Path) -> str:
             L.append(e)
             L.append("```")
         L.append("")
-    return "\n".join(L) + "\n"
+    return mark_kept_sections("\n".join(L) + "\n", kept)
+
+
+# section -> the heading its figures appear under (vLLM's figures sit inside section 3)
+KEPT_HEADINGS = {"ppo": "## 1b. ", "rollout": "## 3. ", "vllm": "## 3. ", "judge": "## 4. ", "memory": "## 5. "}
+
+
+def mark_kept_sections(md: str, kept: Dict[str, Any]) -> str:
+    """A line under each heading whose figures were copied from an earlier run's JSON (BENCH_KEEP_FROM)."""
+    lines = md.split("\n")
+    for sec in kept.get("sections") or []:
+        head = KEPT_HEADINGS.get(sec)
+        idx = next((i for i, x in enumerate(lines) if head and x.startswith(head)), None)
+        if idx is not None:
+            note = (f"_{sec}: figures from the run of {kept.get('date')} (`{kept['from']}`), not re-measured in this "
+                    "invocation._")
+            lines[idx + 1:idx + 1] = ["", note]
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------------------------- section 2 (phases)
@@ -504,3 +525,14 @@ def role_check(chk: Any) -> str:
     where = {True: "; judge on the actor's base", False: "; judge on its own base"}.get(chk.get("judge_on_actor_base"),
                                                                                        "")
     return f"all three roles give finite outputs{where}"
+
+
+# BENCHMARKS.md sections written by the other bench scripts (bench_sync.py, bench_layouts.py) live below this line and
+# survive a re-render of the sections above it
+APPENDED_MARKER = "<!-- sections below come from scripts/bench_sync.py and scripts/bench_layouts.py; kept on re-render -->"
+
+
+def with_appended_sections(new_md: str, old_md: str) -> str:
+    """new_md (a fresh render) followed by the marker and whatever old_md had after it (nothing if it had none)."""
+    tail = old_md.split(APPENDED_MARKER, 1)[1] if APPENDED_MARKER in old_md else ""
+    return new_md.rstrip("\n") + "\n\n" + APPENDED_MARKER + ("\n" + tail.lstrip("\n") if tail.strip() else "\n")

@@ -167,7 +167,9 @@ def make_experience(policy: Policy, rollout: Rollout, scores: torch.Tensor, algo
     P, B = rollout.prompt_len, ids.shape[0]
     # with no KL term anywhere the reference forward is skipped (a third of this phase); KL is then not measured
     need_ref = kl_coef > 0 or cfg.kl_controller == "adaptive"
-    defer = defer_old and can_defer_old_logprobs(cfg, kl_coef, policy.value_head is not None)
+    # (under DeepSpeed `policy` is the engine around the Policy; its attribute pass-through misses plain attributes)
+    has_values = getattr(getattr(policy, "module", policy), "value_head", None) is not None
+    defer = defer_old and can_defer_old_logprobs(cfg, kl_coef, has_values)
     old_lp, ref_lp, vals = [], [], []
     for s in chunk_slices(B, micro_size(cfg)):
         if not defer:

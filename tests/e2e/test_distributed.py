@@ -163,6 +163,32 @@ def launch_ranks(run: Path, *overrides: str):
     return procs
 
 
+def test_deferred_old_logprobs_under_zero3_change_nothing(tmp_path):
+    """GRPO with its KL in the loss leaves the old log-probs to the update (rlhf/algo/step.py): under ZeRO-3 the other
+    rows' no-grad pass runs between the first minibatch's backward and its optimizer step, a collective on every rank.
+    Compared with the same ZeRO-3 run that computes them up front: an adaptive KL controller reads the KL before the
+    update, which rules deferral out, and starts from the same coefficient, so step 1 (two optimizer steps, the second
+    measured against the filled-in old log-probs) must be the same, and so must the weights it leaves (step 2's rollout
+    and its KL to the reference; step 2's update differs by the controller's new coefficient). The tiny model earns
+    reward 0, so the entropy bonus moves the weights."""
+    grpo = ["algo=grpo", "steps=2", "algo.prompts_per_step=4", "algo.samples_per_prompt=2", "algo.minibatch_size=4",
+            "algo.lr=1e-3", "algo.kl_coef=0.1", "algo.kl_in=loss", "algo.entropy_coef=0.05",
+            "hardware.rollout_seed_per_prompt=true", "seed=3", *ZERO["zero3"]]
+    deferred, upfront = tmp_path / "deferred", tmp_path / "upfront"
+    torchrun(deferred, *grpo)
+    torchrun(upfront, *grpo, "algo.kl_controller=adaptive")
+    d, u = train_rows(deferred), train_rows(upfront)
+    assert [r["step"] for r in d] == [1, 2]
+    step1 = ["kl", "kl_loss", "policy_loss", "entropy", "grad_norm", "approx_kl", "clip_frac", "response_length"]
+    step2 = ["kl", "kl_per_token", "response_length", "reward_mean"]
+    diffs = {**{f"step1/{k}": abs(d[0][k] - u[0][k]) for k in step1},
+             **{f"step2/{k}": abs(d[1][k] - u[1][k]) for k in step2}}
+    print(f"ZeRO-3, deferred vs up-front old log-probs: {json.dumps({k: f'{v:.2e}' for k, v in diffs.items()})}")
+    assert all(v <= METRIC_TOL for v in diffs.values()), diffs
+    assert all(r["optimizer_steps"] == 2 and r["skipped_updates"] == 0 for r in d + u)
+    assert d[0]["approx_kl"] > 0 and d[1]["kl"] > 1e-4  # a real second minibatch and a policy that moved
+
+
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGSTOP], ids=["rank_dies", "rank_hangs"])
 def test_peer_failure_ends_the_other_rank_quickly(tmp_path, sig):
     """SIGKILL: the dead rank's sockets close and rank 0 fails at its next collective. SIGSTOP: the rank hangs with

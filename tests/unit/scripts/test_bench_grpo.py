@@ -2,6 +2,7 @@
 side's best engine (a failed variant never counts), best-vs-best and same-engine ratios, the rendered markdown (a
 failed variant's error shown), an older report without variants, and the BENCH_ENGINES / BENCH_SECTIONS knobs."""
 
+import json
 import sys
 
 import pytest
@@ -196,3 +197,30 @@ def test_vllm_engine_overrides_compose(tmp_path):
     assert "hardware=gpu_vllm" in gv and not any("vllm_lora_sync" in o for o in gv)
     cfg = bench_common.compose(gv)
     assert cfg.hardware.rollout == "vllm" and not cfg.hardware.vllm_lora_sync and not cfg.model.lora.enabled
+
+
+def test_rerender_keeps_the_sections_other_bench_scripts_appended():
+    from bench_report import APPENDED_MARKER, with_appended_sections
+
+    old = "# Benchmarks\nold numbers\n\n" + APPENDED_MARKER + "\n## Weight sync\nkept 1.2 s\n"
+    new = with_appended_sections("# Benchmarks\nnew numbers\n", old)
+    assert "new numbers" in new and "old numbers" not in new
+    assert new.endswith(APPENDED_MARKER + "\n## Weight sync\nkept 1.2 s\n")
+    assert with_appended_sections("# B\n", "") == "# B\n\n" + APPENDED_MARKER + "\n"
+
+
+def test_sections_left_out_can_be_kept_from_an_earlier_report(tmp_path):
+    import bench
+    from bench_report import mark_kept_sections
+
+    old = {"date": "2026-11-22", "ppo": {"x": 1}, "phases_ppo": {"y": 2}, "judge": {"z": 3}}
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(old))
+    report = {}
+    kept = bench.keep_sections(report, ["grpo", "judge"], str(path))
+    assert kept == ["ppo"]  # judge was re-run; rollout, vllm and memory are not in the old report
+    assert report["ppo"] == {"x": 1} and report["phases_ppo"] == {"y": 2} and "judge" not in report
+    assert report["kept_sections"]["date"] == "2026-11-22"
+    md = mark_kept_sections("## 1b. Online PPO\n\ntext\n", report["kept_sections"])
+    assert md.splitlines()[2].startswith("_ppo: figures from the run of 2026-11-22")
+    assert bench.keep_sections({}, ["grpo"], None) == []
