@@ -85,11 +85,7 @@ def render_markdown(r: Dict[str, Any], json_path: Path) -> str:
     L.extend(grpo_section(r))
 
     # ---- PPO
-    if "ppo" not in r:
-        L.extend(not_run('## 1b. Online PPO'))
-    else:
-        L.append("## 1b. Online PPO")
-        L.append("")
+    if open_section(L, "ppo" in r, "## 1b. Online PPO"):
         tp = r["ppo"]["trl"]
         if tp.get("available"):
             L.append(f"TRL {tp.get('trl_version')}: a PPO module imports ({tp.get('attempts')}); "
@@ -117,11 +113,7 @@ def render_markdown(r: Dict[str, Any], json_path: Path) -> str:
     L.extend(phases_section(r))
 
     # ---- rollout
-    if "rollout" not in r and "vllm" not in r:
-        L.extend(not_run('## 3. Rollout engine'))
-    else:
-        L.append("## 3. Rollout engine")
-        L.append("")
+    if open_section(L, "rollout" in r or "vllm" in r, "## 3. Rollout engine"):
         ro = ((r.get("rollout") or {}).get("result") or {})
         rr = r.get("rollout_ratio") or {}
         if "rollout" not in r:
@@ -171,11 +163,7 @@ def render_markdown(r: Dict[str, Any], json_path: Path) -> str:
         L.append("")
 
     # ---- judge
-    if "judge" not in r:
-        L.extend(not_run('## 4. Judge: pairs/s with and without shared-prefix reuse'))
-    else:
-        L.append("## 4. Judge: pairs/s with and without shared-prefix reuse")
-        L.append("")
+    if open_section(L, "judge" in r, "## 4. Judge: pairs/s with and without shared-prefix reuse"):
         j = r["judge"]
         if "skipped" in j:
             L.append(f"skipped: {j['skipped']}")
@@ -194,11 +182,7 @@ def render_markdown(r: Dict[str, Any], json_path: Path) -> str:
         L.append("")
 
     # ---- memory
-    if "memory" not in r:
-        L.extend(not_run('## 5. Memory: actor + reference + judge'))
-    else:
-        L.append("## 5. Memory: actor + reference + judge")
-        L.append("")
+    if open_section(L, "memory" in r, "## 5. Memory: actor + reference + judge"):
         mem = r["memory"]
         sp = mem["spec"]
         L.append(f"Each configuration is built in a fresh process by the pipeline's own builders ({sp['dtype']}, "
@@ -328,6 +312,12 @@ def phases_section(r: Dict[str, Any]) -> List[str]:
 
 def not_run(title: str) -> List[str]:
     return [title, "", "Not run in this invocation (`BENCH_SECTIONS`).", ""]
+
+
+def open_section(L: List[str], present: bool, title: str) -> bool:
+    """Appends the section's heading, and the not-run line when its figures are absent; True: render its body."""
+    L.extend([title, ""] if present else not_run(title))
+    return present
 
 # ------------------------------------------------------------------------------------------------- section 1 (GRPO)
 ENGINE_NAMES = {"hf": "transformers generate", "vllm": "vLLM"}
