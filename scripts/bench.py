@@ -12,7 +12,7 @@ memory; default all), BENCH_WORKDIR (run directories; default outputs/bench/<tim
 default BENCHMARKS.md), BENCH_JSON (raw result path, default benchmarks/<date>-<suite>[-quick].json).
 
 Section 1 runs, per repeat: TRL/hf, rlhf/hf, TRL/vllm, rlhf/vllm (hf = transformers generate; vllm = TRL's colocated
-vLLM engine, rlhf's hardware=<suite>_vllm with adapter-only LoRA sync); its headline compares each side's best engine.
+vLLM engine, rlhf's hardware=<suite>_vllm, adapter-only LoRA sync where the suite says so); its headline compares each side's best engine.
 
 Every measured configuration runs in its own subprocess, so peak RSS (os.wait4 rusage of that child) is per framework.
 Writes benchmarks/<date>-<suite>[-quick].json (everything, raw) and BENCHMARKS.md (regenerated from it).

@@ -147,8 +147,8 @@ def say(msg: str) -> None:
 # -------------------------------------------------------------------------------------------------------- rlhf config
 def rlhf_hardware(s: Dict[str, Any], engine: str = "hf") -> List[str]:
     """The hardware overrides of one rollout engine: the suite's preset (transformers generate), or its colocated-vLLM
-    twin (conf/hardware/<preset>_vllm.yaml), for a LoRA actor with adapter-only weight sync (vLLM's LoRA; rlhf's
-    fastest sync for a LoRA actor; a full fine-tune, the gpu suite, pushes every weight)."""
+    twin (conf/hardware/<preset>_vllm.yaml), with adapter-only weight sync when the suite's `vllm_lora_sync` says so
+    (a LoRA actor only; otherwise the merged weights are pushed, as the gpu suite's full fine-tune must)."""
     if engine == "hf":
         return [f"hardware={s['hardware']}"]
     if engine == "vllm":
