@@ -63,6 +63,7 @@ class Estimator(Protocol):
     """What this module needs from an algorithm (rlhf.algo.base.PolicyGradient implements it)."""
 
     cfg: Any  # its schema: a PolicyGradientConfig
+    needs_critic: bool  # the policy has a value head (PPO)
 
     def advantages(self, scores: torch.Tensor, mask: torch.Tensor, kl: torch.Tensor, values: Optional[torch.Tensor],
                    group_size: int, kl_coef: float, all_sum: Optional[SumFn]
@@ -121,6 +122,11 @@ def compute_advantages(algo: Estimator, scores: torch.Tensor, mask: torch.Tensor
     return advantages, returns, kl
 
 
+def token_mean(x: torch.Tensor, mask: torch.Tensor, all_sum: Optional[SumFn] = None) -> float:
+    """A token mean over the global batch (the same on every rank under data parallelism)."""
+    return float(masked_mean(x, mask) if all_sum is None else global_masked_mean(x, mask, all_sum)[0])
+
+
 def can_defer_old_logprobs(cfg: Any, kl_coef: float, has_values: bool) -> bool:
     """Whether the advantages can be computed without the old log-probs, so that their forward pass can be deferred to
     the update (`update` fills them: the first minibatch's rows from its own forward, which runs on the unchanged
@@ -135,17 +141,14 @@ def old_logprob_metrics(old_logprobs: torch.Tensor, ref_logprobs: Optional[torch
                         engine_lp: Optional[torch.Tensor], kl_estimator: str,
                         all_sum: Optional[SumFn] = None) -> Dict[str, float]:
     """The KL to the reference (NaN when it was not measured) and the engine-vs-trainer log-prob gap."""
-    def tmean(x: torch.Tensor) -> float:  # a token mean over the global batch (the same on every rank)
-        return float(masked_mean(x, mask) if all_sum is None else global_masked_mean(x, mask, all_sum)[0])
-
     metrics: Dict[str, float] = {"kl": float("nan"), "kl_per_token": float("nan")}
     if ref_logprobs is not None:
         kl = kl_estimate(old_logprobs, ref_logprobs, kl_estimator) * mask
         # per-sequence KL, summed over tokens, averaged over sequences
-        metrics.update({"kl": float(kl.sum(-1).mean()), "kl_per_token": tmean(kl)})
+        metrics.update({"kl": float(kl.sum(-1).mean()), "kl_per_token": token_mean(kl, mask, all_sum)})
     if engine_lp is not None:
         diff = (old_logprobs - engine_lp).abs()
-        metrics["engine_logprob_diff_mean"] = tmean(diff)
+        metrics["engine_logprob_diff_mean"] = token_mean(diff, mask, all_sum)
         metrics["engine_logprob_diff_max"] = float((diff * mask).max())
     return metrics
 
@@ -167,9 +170,8 @@ def make_experience(policy: Policy, rollout: Rollout, scores: torch.Tensor, algo
     P, B = rollout.prompt_len, ids.shape[0]
     # with no KL term anywhere the reference forward is skipped (a third of this phase); KL is then not measured
     need_ref = kl_coef > 0 or cfg.kl_controller == "adaptive"
-    # (under DeepSpeed `policy` is the engine around the Policy; its attribute pass-through misses plain attributes)
-    has_values = getattr(getattr(policy, "module", policy), "value_head", None) is not None
-    defer = defer_old and can_defer_old_logprobs(cfg, kl_coef, has_values)
+    # the policy has a value head exactly when the algorithm needs a critic (Trainer builds it so)
+    defer = defer_old and can_defer_old_logprobs(cfg, kl_coef, algo.needs_critic)
     old_lp, ref_lp, vals = [], [], []
     for s in chunk_slices(B, micro_size(cfg)):
         if not defer:
@@ -187,11 +189,9 @@ def make_experience(policy: Policy, rollout: Rollout, scores: torch.Tensor, algo
         algo, scores, mask, old_logprobs, ref_logprobs, values, rollout.group_size, kl_coef, all_sum
     )
     engine_lp = rollout.engine_logprobs.to(device) if rollout.engine_logprobs is not None else None
-    metrics = {"advantage_mean": float(masked_mean(advantages, mask) if all_sum is None
-                                       else global_masked_mean(advantages, mask, all_sum)[0])}
+    metrics = {"advantage_mean": token_mean(advantages, mask, all_sum)}
     if values is not None:
-        metrics["value_mean"] = float(masked_mean(values, mask) if all_sum is None
-                                      else global_masked_mean(values, mask, all_sum)[0])
+        metrics["value_mean"] = token_mean(values, mask, all_sum)
     if old_logprobs is not None:
         metrics.update(old_logprob_metrics(old_logprobs, ref_logprobs, mask, engine_lp, cfg.kl_estimator, all_sum))
     exp = Experience(ids, att, mask, old_logprobs, ref_logprobs, advantages, returns, values, engine_lp, P)

@@ -8,6 +8,7 @@ the distribution the rollout engine sampled from.
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 from dataclasses import dataclass
 from typing import Iterator, Optional, Tuple
@@ -38,7 +39,12 @@ def accepts_logits_to_keep(model: nn.Module) -> bool:
     """Whether the causal LM (under a PEFT wrapper, which passes keyword arguments through) takes transformers'
     `logits_to_keep`, which skips the LM head on the positions it is not asked for (here: the prompt's)."""
     inner = model.get_base_model() if isinstance(model, PeftModel) else model
-    return "logits_to_keep" in inspect.signature(inner.forward).parameters
+    return _forward_takes_logits_to_keep(type(inner))
+
+
+@functools.lru_cache(maxsize=None)
+def _forward_takes_logits_to_keep(cls: type) -> bool:  # once per model class, not once per forward pass
+    return "logits_to_keep" in inspect.signature(cls.forward).parameters
 
 
 @dataclass
