@@ -5,7 +5,9 @@ A table is one experiment YAML (conf/experiment/table_<name>.yaml) that sets ``t
 seeds, the columns (dotted keys into each row's result JSON: an evaluate task's OUT.json, or a run's summary.json), the
 paper's numbers where the paper states them, and the sentence that says what the embedded-scale table does and does
 not reproduce. Each row x seed runs as its own process with its exact command recorded; a finished row is reused
-when the same command runs again (``reuse``). Writes ``<out_dir>/<name>.json`` and ``.md``: mean and spread over
+when the same command runs again (``reuse``), and a row whose command differs from a finished row of another table
+only in where it writes (``output=``, ``hydra.run.dir=``) takes that row's result (``twin_of``: Table 2's 0- and
+6-demonstration and rank-16 rows are Table 1's). Writes ``<out_dir>/<name>.json`` and ``.md``: mean and spread over
 seeds, the paper's column, wall time per row, the commands, the machine and its load.
 
 Paper scale is the same file with the scale overrides appended to every row:
@@ -21,6 +23,7 @@ import os
 import platform
 import re
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -130,6 +133,23 @@ def result_path(entry: str, run_dir: Path) -> Path:
     return run_dir / ("result.json" if entry == "evaluate" else "summary.json")
 
 
+def row_identity(command: str) -> tuple:
+    """What a row run computes: its command's arguments without where it writes (output=, hydra.run.dir=), in any
+    order (its overrides set distinct keys)."""
+    return tuple(sorted(a for a in shlex.split(command) if not a.startswith(("output=", "hydra.run.dir="))))
+
+
+def twin_of(runs_root: Path, command: str, entry: str, run_dir: Path) -> Optional[Path]:
+    """A finished row run elsewhere under runs_root (another table's) with the same identity as ``command``."""
+    ident = row_identity(command)
+    for stamp in sorted(runs_root.glob("*/*/table_command.txt")):
+        other = stamp.parent
+        if other.resolve() != run_dir.resolve() and result_path(entry, other).is_file() \
+                and row_identity(stamp.read_text()) == ident:
+            return other
+    return None
+
+
 def dig(obj: Any, dotted: str) -> Optional[float]:
     """The number at a dotted path (list items by index; "a|b": the first alternative present), else None."""
     for alternative in dotted.split("|"):
@@ -171,7 +191,8 @@ def markdown(res: Dict[str, Any]) -> str:
              f"CPUs, load {res['machine_start']['loadavg_1_5_15']} at start, {res['machine_end']['loadavg_1_5_15']} "
              f"at end; wall time of the rows {sum(r['wall_seconds'] for r in res['rows']) / 60:.1f} min"
              + (f" ({res['reused']} of {len(res['rows']) * len(res['seeds'])} row runs reused from an earlier "
-                f"invocation, timed then; the load figures are this invocation's)" if res.get("reused") else "")
+                f"run of the same command, this table's or another's, timed then; the load figures are this "
+                f"invocation's)" if res.get("reused") else "")
              + ".", "",
              "| row | " + " | ".join(cols) + " | wall s |" + (" paper |" if paper else ""),
              "|---|" + "---|" * (len(cols) + 1 + (1 if paper else 0))]
@@ -216,8 +237,19 @@ def run_table(cfg: TablesConfig, argv: Optional[List[str]] = None) -> Dict[str, 
                 continue
             result = result_path(row_entry(t, row), run_dir)
             stamp = run_dir / "table_command.txt"
+            twin = twin_of(runs.parent, commands[-1], row_entry(t, row), run_dir) if cfg.reuse else None
             if cfg.reuse and result.is_file() and stamp.is_file() and stamp.read_text() == commands[-1]:
                 log.info("table %s: [%d/%d] %s seed %d: reusing %s", t.name, done, total, row.label, seed, result)
+                reused += 1
+            elif twin is not None:
+                log.info("table %s: [%d/%d] %s seed %d: the same run as %s, reusing its result", t.name, done, total,
+                         row.label, seed, twin)
+                run_dir.mkdir(parents=True, exist_ok=True)
+                for name in (result.name, "table_wall.json"):
+                    if (twin / name).is_file():
+                        shutil.copyfile(twin / name, run_dir / name)
+                atomic_write_text(run_dir / "twin_of.txt", str(twin))
+                atomic_write_text(stamp, commands[-1])
                 reused += 1
             else:
                 run_dir.mkdir(parents=True, exist_ok=True)

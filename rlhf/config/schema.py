@@ -89,7 +89,8 @@ class RewardConfig:
     mode: str = "flexible"
     correct_reward: float = 1.0
     wrong_reward: float = 0.0
-    # added when the reply contains a well-formed `#### N` line (0 disables)
+    # added when the reply contains a well-formed `#### N` line (0 disables). exact_match, and the judge/RM rewards on
+    # math prompts (a rule-based format term beside the judge's accuracy score, as in R1's accuracy + format rewards)
     format_bonus: float = 0.0
     # the bonus (and the logged format_rate) counts a `#### N` answer only when it is also the reply's last number (no
     # other number after it), so strict and flexible extraction agree; false: a well-formed `#### N` anywhere (the

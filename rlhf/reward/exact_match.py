@@ -9,7 +9,7 @@ import torch
 from rlhf.config import RewardConfig
 from rlhf.reward.base import RewardOutput
 from rlhf.rollout.base import Rollout
-from rlhf.task.math_grading import answer_is_final, extract_answer, is_correct
+from rlhf.task.math_grading import answer_formatted, is_correct
 
 
 class ExactMatchReward:
@@ -18,10 +18,7 @@ class ExactMatchReward:
 
     def _rewards(self, metas: List[Dict[str, Any]], replies: List[str]):
         correct = [is_correct(resp, m["answer"], self.cfg.mode) for resp, m in zip(replies, metas)]
-        if self.cfg.format_at_end:
-            formatted = [answer_is_final(resp) for resp in replies]
-        else:
-            formatted = [extract_answer(resp, "strict") is not None for resp in replies]
+        formatted = [answer_formatted(resp, self.cfg.format_at_end) for resp in replies]
         rewards = [
             (self.cfg.correct_reward if c else self.cfg.wrong_reward) + (self.cfg.format_bonus if f else 0.0)
             for c, f in zip(correct, formatted)

@@ -37,7 +37,7 @@ from rlhf.judge.io import MetricSink
 from rlhf.judge.prompts import guided_request, reference_of
 from rlhf.reward.base import RewardOutput
 from rlhf.rollout.base import Rollout
-from rlhf.task.math_grading import is_correct
+from rlhf.task.math_grading import answer_formatted, is_correct
 
 log = logging.getLogger(__name__)
 
@@ -107,10 +107,23 @@ class JudgeReward:
                              f"missing for sample {missing[0]}")
         return self.scorer.prob_first_better(prompts, responses, [reference_text(m) for m in metas], rubrics=rubrics)
 
+    def format_bonus(self, metas: List[Dict[str, Any]], replies: List[str]) -> Optional[torch.Tensor]:
+        """reward.format_bonus for each reply to a math prompt (one with a reference answer) whose `#### N` answer is
+        well formed (reward.format_at_end as for exact_match), 0 for the others; None when the bonus is off. The
+        judge/RM's score stays the accuracy signal; this is the rule-based format term beside it (as in R1's
+        accuracy + format rewards)."""
+        bonus = self.cfg.reward.format_bonus
+        if not bonus:
+            return None
+        return torch.tensor([bonus if m.get("answer") and answer_formatted(r, self.cfg.reward.format_at_end) else 0.0
+                             for r, m in zip(replies, metas)], dtype=torch.float32)
+
     def score_replies(self, metas: List[Dict[str, Any]], replies: List[str]) -> torch.Tensor:
         prompts = [self.judge_prompt_of(m) or "" for m in metas]
-        return affine(self.raw_signal(prompts, list(replies), metas).float().cpu(), self.cfg.reward.scale,
-                      self.cfg.reward.shift)
+        rewards = affine(self.raw_signal(prompts, list(replies), metas).float().cpu(), self.cfg.reward.scale,
+                         self.cfg.reward.shift)
+        bonus = self.format_bonus(metas, list(replies))
+        return rewards if bonus is None else rewards + bonus
 
     def score(self, rollout: Rollout) -> RewardOutput:
         metas = rollout.meta_per_sample()
@@ -123,6 +136,10 @@ class JudgeReward:
             "judge_score_std": float(signal.std()) if signal.numel() > 1 else 0.0,
             "judge_reward_mean": float(rewards.mean()) if rewards.numel() else float("nan"),
         }
+        bonus = self.format_bonus(metas, responses)
+        if bonus is not None:
+            rewards = rewards + bonus
+            metrics["format_rate"] = float((bonus > 0).float().mean()) if bonus.numel() else float("nan")
         for k, v in getattr(self.scorer, "last_metrics", {}).items():
             metrics[f"judge_{k}"] = v
         correct = None

@@ -83,6 +83,12 @@ def answer_is_final(text: str) -> bool:
     return strict is not None and extract_answer(text, "flexible") == strict
 
 
+def answer_formatted(text: str, at_end: bool = True) -> bool:
+    """The format check behind ``reward.format_bonus``: a well-formed ``#### N`` answer that is also the reply's last
+    number (``at_end``, see answer_is_final), or anywhere in the reply."""
+    return answer_is_final(text) if at_end else extract_answer(text, "strict") is not None
+
+
 def reference_answer(answer_field: str) -> str:
     """The normalised final answer of a GSM8K reference solution (the text after its ``#### ``)."""
     if not isinstance(answer_field, str):

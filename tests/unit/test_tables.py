@@ -14,7 +14,7 @@ from rlhf.algo.registry import register_training_configs
 from rlhf.config import to_config
 from rlhf.evaluate import load_config
 from rlhf.tables import TablesConfig, TableColumn, TableRow, TableSpec, dig, markdown, mean_spread, row_command, \
-    spec_errors
+    row_identity, run_table, spec_errors, twin_of
 
 TABLES = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("table_*.yaml"))
 PAPER_SCALE = {"train": ["model=qwen2_5_7b_lora", "dataset=gsm8k", "hardware=zero3_gpu"],
@@ -59,6 +59,31 @@ def test_row_command_order_quick_and_extra(tmp_path):
     assert base[:3] == ["py", "-m", "rlhf.evaluate"] and "steps=6" not in base and "model=tiny_random" not in base
     assert base[3:7] == ["task=gsm8k", "seed=0", "limit=4", "hardware=gpu"]
     assert f"output={tmp_path / 'result.json'}" in base
+
+
+def test_a_row_identical_to_another_tables_finished_row_takes_its_result(tmp_path):
+    """Table 2's 0-demonstration row is Table 1's zero-shot row with other paths: it is not run again (python=false
+    would fail it), its result and wall time are copied, and a row with another override is not matched."""
+    row = TableRow(label="0 demos", overrides=["reward=rubric_judge", "judge.num_demos=0"])
+    spec = TableSpec(name="ablations", common=["task=rewardbench"], rows=[row],
+                     columns=[TableColumn(key="overall", label="overall")])
+    cfg = TablesConfig(table=spec, out_dir=str(tmp_path), python="false")
+    twin = tmp_path / "runs" / "judges" / "zero_shot_s0"
+    twin.mkdir(parents=True)
+    twin_cmd = row_command(cfg, TableRow(label="z", overrides=["judge.num_demos=0", "reward=rubric_judge"]), 0, twin)
+    (twin / "table_command.txt").write_text(" ".join(["python", *twin_cmd[1:]]))
+    (twin / "result.json").write_text('{"overall": 51.2}')
+    (twin / "table_wall.json").write_text('{"seconds": 73.0}')
+    mine = tmp_path / "runs" / "ablations" / "0_demos_s0"
+    assert row_identity(" ".join(row_command(cfg, row, 0, mine))) == row_identity(" ".join(twin_cmd))
+    other = TableRow(label="6", overrides=["reward=rubric_judge", "judge.num_demos=6"])
+    assert twin_of(tmp_path / "runs", " ".join(["python", *row_command(cfg, other, 0, mine)[1:]]), "evaluate",
+                   mine) is None
+    res = run_table(cfg)
+    (out,) = res["rows"]
+    assert not out["failed"] and out["columns"]["overall"]["mean"] == 51.2 and out["wall_seconds"] == 73.0
+    assert res["reused"] == 1 and (mine / "twin_of.txt").read_text() == str(twin)
+    assert run_table(cfg)["reused"] == 1  # the second time it is this table's own finished row
 
 
 def test_markdown_has_rows_paper_column_and_commands():

@@ -114,3 +114,26 @@ def test_reference_guided_reward_shows_each_item_its_reference(tmp_path):
     assert all("[Reference answer]" in p for p in prompts)
     free = build_judge_reward(make_cfg("rubric_judge", judge_signal="pointwise"), make_context(cfg, tmp_path))
     assert not any("[Reference" in p for p in free.judge_prompts(make_rollout()))
+
+
+class FixedScorer:
+    """Pointwise scores 1, 2, 3, 4 for whatever it is shown."""
+
+    def pointwise_scores(self, prompts, responses, rubrics=None):
+        return torch.arange(1, len(responses) + 1, dtype=torch.float32)
+
+
+def test_format_bonus_beside_the_judge_score_only_for_formatted_math_replies():
+    cfg = make_cfg("lora_judge", scale=0.25, shift=-0.25, format_bonus=0.5)
+    replies = ["2 + 3 = 5\n#### 5", "#### 5, then 5 + 2 = 7", "no answer", "5 - 1 = 4\n#### 4"]
+    rollout = make_rollout()
+    rollout.responses = replies
+    out = JudgeReward(cfg, FixedScorer()).score(rollout)
+    # judge 1..4 -> 0, .25, .5, .75; + .5 where `#### N` is the last number (replies 0 and 3)
+    assert out.rewards.tolist() == [0.5, 0.25, 0.5, 1.25] and out.metrics["format_rate"] == 0.5
+    assert out.metrics["judge_reward_mean"] == pytest.approx(0.375)  # the judge's part alone
+    anywhere = make_cfg("lora_judge", scale=0.25, shift=-0.25, format_bonus=0.5, format_at_end=False)
+    assert JudgeReward(anywhere, FixedScorer()).score(rollout).rewards.tolist() == [0.5, 0.75, 0.5, 1.25]
+    chat = [{"question": "Say hi."}, META[0]]  # no reference answer: no format to reward
+    assert JudgeReward(cfg, FixedScorer()).score_replies(chat, ["#### 5", "#### 5"]).tolist() == [0.0, 0.75]
+    assert "format_rate" not in JudgeReward(make_cfg("lora_judge"), FixedScorer()).score(rollout).metrics
