@@ -51,6 +51,10 @@ class ModelConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
     gradient_checkpointing: bool = False
+    # the trainer's forward passes (update, old and reference log-probs) run each distinct prompt of a batch once and
+    # its samples' replies on its cached keys/values: the same log-probs and gradients (to float rounding), the prompt
+    # paid once per prompt instead of once per sample. Off by itself under gradient checkpointing
+    share_prompts: bool = True
 
 
 # ------------------------------------------------------------------------------------------------------------- dataset

@@ -47,6 +47,27 @@ def _forward_takes_logits_to_keep(cls: type) -> bool:  # once per model class, n
     return "logits_to_keep" in inspect.signature(cls.forward).parameters
 
 
+def shared_prompts(input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int):
+    """(first row of each distinct prompt, each row's prompt number) when at least two rows share their prompt (the
+    samples of one prompt in a group), else None: nothing to share."""
+    if prompt_len < 2 or input_ids.shape[0] < 2:
+        return None
+    key = torch.cat([input_ids[:, :prompt_len], attention_mask[:, :prompt_len].to(input_ids.dtype)], dim=1)
+    distinct, inverse = torch.unique(key, dim=0, return_inverse=True)
+    if distinct.shape[0] == key.shape[0]:
+        return None
+    rows = torch.arange(key.shape[0], device=key.device)
+    first = torch.full((distinct.shape[0],), key.shape[0], dtype=torch.long, device=key.device)
+    first.scatter_reduce_(0, inverse, rows, reduce="amin")
+    return first, inverse
+
+
+def uses_gradient_checkpointing(model: nn.Module) -> bool:
+    """transformers turns the KV cache off under gradient checkpointing in training, which prompt sharing needs."""
+    inner = getattr(model, "module", model)  # a DeepSpeed engine's module
+    return bool(getattr(inner, "is_gradient_checkpointing", False))
+
+
 @dataclass
 class PolicyOutput:
     logprobs: torch.Tensor  # (B, R)
@@ -55,10 +76,12 @@ class PolicyOutput:
 
 
 class Policy(nn.Module):
-    def __init__(self, model: nn.Module, value_head: bool, ref_model: Optional[nn.Module] = None):
+    def __init__(self, model: nn.Module, value_head: bool, ref_model: Optional[nn.Module] = None,
+                 share_prompts: bool = True):
         super().__init__()
         self.model = model
         self.ref_model = ref_model
+        self.share_prompts = share_prompts  # model.share_prompts: each distinct prompt's forward once per batch
         hidden = model.config.hidden_size if not isinstance(model, PeftModel) else model.base_model.model.config.hidden_size
         self.value_head: Optional[nn.Linear] = None
         if value_head:
@@ -78,14 +101,13 @@ class Policy(nn.Module):
 
     def _forward(self, model: nn.Module, input_ids, attention_mask, prompt_len: int, temperature: float,
                  want_entropy: bool, want_values: bool) -> PolicyOutput:
-        kwargs = {}
-        if accepts_logits_to_keep(model):  # the LM head and its softmax on the response positions only
-            kwargs["logits_to_keep"] = input_ids.shape[1] - prompt_len + 1
-        out = model(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask),
-            output_hidden_states=want_values, use_cache=False, **kwargs,
-        )
-        logits = out.logits[:, -(input_ids.shape[1] - prompt_len + 1) : -1, :]
+        shared = shared_prompts(input_ids, attention_mask, prompt_len) if self.share_prompts \
+            and not uses_gradient_checkpointing(model) else None
+        if shared is None:
+            logits, hidden = self._reply_logits(model, input_ids, attention_mask, prompt_len, want_values)
+        else:
+            logits, hidden = self._reply_logits_shared(model, input_ids, attention_mask, prompt_len, want_values,
+                                                       *shared)
         if temperature > 0 and temperature != 1.0:
             logits = logits / temperature
         tokens = input_ids[:, prompt_len:]
@@ -95,10 +117,41 @@ class Policy(nn.Module):
         else:
             logprobs = gather_logprobs(logits, tokens)
         values = None
-        if want_values and self.value_head is not None:
-            hidden = out.hidden_states[-1][:, prompt_len - 1 : -1, :]
+        if hidden is not None and self.value_head is not None:
             values = self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1).float()
         return PolicyOutput(logprobs=logprobs, entropy=entropy, values=values)
+
+    @staticmethod
+    def _reply_logits(model: nn.Module, input_ids, attention_mask, prompt_len: int, want_values: bool):
+        """(logits, last hidden states or None) at the positions that predict the reply tokens: one forward pass."""
+        keep = input_ids.shape[1] - prompt_len + 1
+        kwargs = {"logits_to_keep": keep} if accepts_logits_to_keep(model) else {}  # no LM head on the prompt
+        out = model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask),
+            output_hidden_states=want_values, use_cache=False, **kwargs,
+        )
+        hidden = out.hidden_states[-1][:, prompt_len - 1 : -1, :] if want_values else None
+        return out.logits[:, -keep:-1, :], hidden
+
+    @staticmethod
+    def _reply_logits_shared(model: nn.Module, input_ids, attention_mask, prompt_len: int, want_values: bool,
+                             first: torch.Tensor, inverse: torch.Tensor):
+        """The same as _reply_logits in two passes: each distinct prompt (but its last token) once, then every row's
+        last prompt token and reply on its prompt's cached keys and values, repeated to the rows (differentiably:
+        the rows' gradients add up in their shared prompt). The prompt's share of the FLOPs is paid once per prompt
+        instead of once per sample."""
+        positions = position_ids_from_mask(attention_mask)
+        head = prompt_len - 1
+        one = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
+        cache = model(input_ids=input_ids[first, :head], attention_mask=attention_mask[first, :head],
+                      position_ids=positions[first, :head], use_cache=True, **one).past_key_values
+        cache.batch_select_indices(inverse)
+        keep = input_ids.shape[1] - head
+        kwargs = {"logits_to_keep": keep} if accepts_logits_to_keep(model) else {}
+        out = model(input_ids=input_ids[:, head:], attention_mask=attention_mask, position_ids=positions[:, head:],
+                    past_key_values=cache, use_cache=True, output_hidden_states=want_values, **kwargs)
+        hidden = out.hidden_states[-1][:, :-1, :] if want_values else None
+        return out.logits[:, -keep:-1, :], hidden
 
     def forward(self, input_ids, attention_mask, prompt_len: int, temperature: float = 1.0,
                 want_entropy: bool = True) -> PolicyOutput:
@@ -133,11 +186,11 @@ def build_policy(model: nn.Module, cfg: ModelConfig, value_head: bool) -> Policy
             target_modules=list(cfg.lora.target_modules), task_type="CAUSAL_LM",
         )
         model = get_peft_model(model, peft_cfg)
-        return Policy(model, value_head=value_head)
+        return Policy(model, value_head=value_head, share_prompts=cfg.share_prompts)
     ref = copy.deepcopy(model).eval()
     for p in ref.parameters():
         p.requires_grad_(False)
-    return Policy(model, value_head=value_head, ref_model=ref)
+    return Policy(model, value_head=value_head, ref_model=ref, share_prompts=cfg.share_prompts)
 
 
 def count_parameters(module: nn.Module) -> Tuple[int, int]:
