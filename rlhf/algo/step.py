@@ -18,7 +18,7 @@ from rlhf.algo.advantages import global_masked_mean, masked_mean, masked_whiten
 from rlhf.algo.kl import kl_estimate
 from rlhf.algo.losses import aggregate, truncated_is_weights
 from rlhf.config import AlgoConfig
-from rlhf.model.policy import Policy
+from rlhf.model.policy import Policy, shared_prompts
 from rlhf.rollout.base import Rollout
 
 
@@ -45,6 +45,19 @@ class Experience:
             returns=pick(self.returns), old_values=pick(self.old_values), engine_logprobs=pick(self.engine_logprobs),
             prompt_len=self.prompt_len,
         )
+
+
+def minibatch_order(exp: "Experience", by: str, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """The rows in the order the update's minibatches take them: shuffled samples (algo.minibatch_by=sample), or
+    shuffled prompts with each prompt's samples next to each other, in shuffled order (prompt)."""
+    B = exp.input_ids.shape[0]
+    perm = torch.randperm(B, generator=generator)
+    shared = shared_prompts(exp.input_ids, exp.attention_mask, exp.prompt_len) if by == "prompt" else None
+    if shared is None:
+        return perm
+    prompt_of = shared[1].cpu()
+    prompt_rank = torch.randperm(int(prompt_of.max()) + 1, generator=generator)
+    return perm[torch.argsort(prompt_rank[prompt_of[perm]], stable=True)]
 
 
 def chunk_slices(n: int, size: int) -> List[slice]:
@@ -279,7 +292,7 @@ def update(policy: Policy, exp: Experience, algo: Estimator, kl_coef: float, tem
                                                cfg.kl_estimator, hooks.all_sum)
 
     for _ in range(cfg.epochs):
-        perm = torch.randperm(B, generator=generator)
+        perm = minibatch_order(exp, cfg.minibatch_by, generator)
         for s in chunk_slices(B, cfg.minibatch_size):
             rows = perm[s].to(exp.input_ids.device)
             mb = exp.select(rows)

@@ -208,6 +208,10 @@ class AlgoConfig:
     # samples per forward/backward chunk, gradients accumulated over a minibatch (0: minibatch_size); must divide it
     micro_batch_size: int = 0
     epochs: int = 1  # passes over one rollout batch
+    # how the update's minibatches are drawn: sample = shuffled samples (OpenRLHF, TRL); prompt = shuffled prompts with
+    # all their samples together (verl's default, its minibatch counted in prompts), which lets model.share_prompts run
+    # each prompt once per minibatch. Policy-gradient algorithms (online DPO forms its own pairs)
+    minibatch_by: str = "sample"
 
     # the smallest samples_per_prompt the algorithm can learn from (group baselines need 2)
     min_samples_per_prompt = 1
@@ -216,7 +220,8 @@ class AlgoConfig:
         """'algo.<key>: ...' for every value the types cannot reject; subclasses add their own keys' checks."""
         errors = range_errors(self, "algo", positive=["lr", "prompts_per_step", "samples_per_prompt", "minibatch_size",
                                                       "epochs"],
-                              non_negative=["weight_decay", "max_grad_norm", "warmup_steps"])
+                              non_negative=["weight_decay", "max_grad_norm", "warmup_steps"],
+                              choices={"minibatch_by": ("sample", "prompt")})
         if errors:
             return errors
         samples = self.prompts_per_step * self.samples_per_prompt

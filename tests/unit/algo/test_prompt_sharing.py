@@ -77,3 +77,27 @@ def test_gradient_checkpointing_falls_back_to_one_pass(tiny_policy, monkeypatch)
     ids, att, p = batch(policy.model.config.vocab_size)
     out = policy(ids, att, p)
     assert not calls and out.logprobs.shape == (ids.shape[0], ids.shape[1] - p)
+
+
+def test_minibatch_order_by_prompt_keeps_each_prompts_samples_together():
+    from rlhf.algo.step import Experience, chunk_slices, minibatch_order
+
+    gen = torch.Generator().manual_seed(3)
+    prompts = torch.randint(3, 50, (4, 6), generator=gen)
+    ids = torch.cat([prompts.repeat_interleave(4, dim=0), torch.randint(3, 50, (16, 3), generator=gen)], dim=1)
+    exp = Experience(ids, torch.ones_like(ids), torch.ones(16, 3), None, None, torch.zeros(16, 3), None, None, None, 6)
+    by_sample = minibatch_order(exp, "sample", torch.Generator().manual_seed(0))
+    assert torch.equal(by_sample, torch.randperm(16, generator=torch.Generator().manual_seed(0)))  # as before
+    orders = [minibatch_order(exp, "prompt", torch.Generator().manual_seed(s)) for s in range(4)]
+    for order in orders:
+        assert sorted(order.tolist()) == list(range(16))
+        for s in chunk_slices(16, 8):  # a minibatch of 8 = two whole prompts
+            assert len({int(r) // 4 for r in order[s]}) == 2
+    assert len({tuple(o.tolist()) for o in orders}) == 4  # shuffled: prompts and the samples within them
+
+
+def test_minibatch_by_is_checked():
+    from rlhf.config import AlgoConfig
+
+    assert any("algo.minibatch_by: 'group'" in e for e in AlgoConfig(minibatch_by="group").errors())
+    assert not AlgoConfig(minibatch_by="prompt").errors()
