@@ -62,6 +62,15 @@ def shared_prompts(input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt
     return first, inverse
 
 
+def data_parallel() -> bool:
+    """Whether gradients are reduced across ranks. DeepSpeed reduces them in buckets filled in the order the
+    parameters' gradients become ready, which must be the same on every rank: a rank whose micro-batch shares no
+    prompt still runs the two-pass forward (each row its own prompt), so its backward visits the layers in the same
+    order as a rank whose micro-batch does (tests/e2e/test_distributed.py, with micro-batches of 2)."""
+    return torch.distributed.is_available() and torch.distributed.is_initialized() \
+        and torch.distributed.get_world_size() > 1
+
+
 def uses_gradient_checkpointing(model: nn.Module) -> bool:
     """transformers turns the KV cache off under gradient checkpointing in training, which prompt sharing needs."""
     inner = getattr(model, "module", model)  # a DeepSpeed engine's module
@@ -101,8 +110,12 @@ class Policy(nn.Module):
 
     def _forward(self, model: nn.Module, input_ids, attention_mask, prompt_len: int, temperature: float,
                  want_entropy: bool, want_values: bool) -> PolicyOutput:
-        shared = shared_prompts(input_ids, attention_mask, prompt_len) if self.share_prompts \
-            and not uses_gradient_checkpointing(model) else None
+        shared = None
+        if self.share_prompts and prompt_len >= 2 and not uses_gradient_checkpointing(model):
+            shared = shared_prompts(input_ids, attention_mask, prompt_len)
+            if shared is None and data_parallel():  # every rank builds the same graph (see data_parallel)
+                rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+                shared = (rows, rows)
         if shared is None:
             logits, hidden = self._reply_logits(model, input_ids, attention_mask, prompt_len, want_values)
         else:

@@ -101,3 +101,20 @@ def test_minibatch_by_is_checked():
 
     assert any("algo.minibatch_by: 'group'" in e for e in AlgoConfig(minibatch_by="group").errors())
     assert not AlgoConfig(minibatch_by="prompt").errors()
+
+
+def test_data_parallel_ranks_take_the_two_pass_forward_even_with_nothing_to_share(tiny_policy, monkeypatch):
+    """Under data parallelism every rank runs the same graph (DeepSpeed's gradient buckets fill in backward order), so
+    a micro-batch of distinct prompts also runs in two passes, each row its own prompt: same numbers."""
+    import rlhf.model.policy as P
+
+    policy, _ = tiny_policy(lora=True)
+    ids, att, p = batch(policy.model.config.vocab_size)
+    ids, att = ids[[0, 1, 5]], att[[0, 1, 5]]  # three distinct prompts
+    plain = policy(ids, att, p).logprobs
+    monkeypatch.setattr(P, "data_parallel", lambda: True)
+    calls = []
+    real = type(policy)._reply_logits_shared
+    monkeypatch.setattr(type(policy), "_reply_logits_shared", staticmethod(lambda *a: calls.append(a[-1]) or real(*a)))
+    torch.testing.assert_close(policy(ids, att, p).logprobs, plain, atol=1e-5, rtol=1e-5)
+    assert len(calls) == 1 and calls[0].tolist() == [0, 1, 2]
