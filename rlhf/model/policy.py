@@ -158,6 +158,8 @@ class Policy(nn.Module):
         one = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
         cache = model(input_ids=input_ids[first, :head], attention_mask=attention_mask[first, :head],
                       position_ids=positions[first, :head], use_cache=True, **one).past_key_values
+        if cache is None or not hasattr(cache, "batch_select_indices"):  # a model without transformers' KV cache
+            return Policy._reply_logits(model, input_ids, attention_mask, prompt_len, want_values)
         cache.batch_select_indices(inverse)
         keep = input_ids.shape[1] - head
         kwargs = {"logits_to_keep": keep} if accepts_logits_to_keep(model) else {}
