@@ -20,6 +20,12 @@ from bench_common import (
 
 
 # ---------------------------------------------------------------------------------------------------------- markdown
+
+def runs_per_side(grpo: dict) -> str:
+    """How many runs each side's headline median pools (a ratio from one run each is said to be so)."""
+    runs = sorted({int((grpo.get("pooled") or {}).get(side, {}).get("runs") or 0) for side in ("trl", "rlhf")})
+    return f"{'/'.join(map(str, runs))} run{'s' if runs[-1] != 1 else ''} per side" if runs else "runs unknown"
+
 def f(x: Any, nd: int = 2, unit: str = "") -> str:
     if x is None:
         return "n/a"
@@ -247,7 +253,8 @@ def render_markdown(r: Dict[str, Any], json_path: Path) -> str:
         be = grpo.get("best_engine") or {}
         L.append(f"- >= {GOAL_TRL_RATIO:g}x TRL's completions/s on this machine, each side with its best rollout engine "
                  f"(TRL: {ENGINE_NAMES.get(be.get('trl'), 'none')}, rlhf: {ENGINE_NAMES.get(be.get('rlhf'), 'none')}): "
-                 f"**{goal(comp, GOAL_TRL_RATIO, True)}** ({fx(comp)}); reward gain per GPU-second: a GPU goal, "
+                 f"**{goal(comp, GOAL_TRL_RATIO, True)}** ({fx(comp)}); {runs_per_side(grpo)}; reward gain per "
+                 "GPU-second: a GPU goal, "
                  "not measured here")
     L.append("")
     if r["errors"]:
