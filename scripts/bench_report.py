@@ -533,3 +533,142 @@ def with_appended_sections(new_md: str, old_md: str) -> str:
     """new_md (a fresh render) followed by the marker and whatever old_md had after it (nothing if it had none)."""
     tail = old_md.split(APPENDED_MARKER, 1)[1] if APPENDED_MARKER in old_md else ""
     return new_md.rstrip("\n") + "\n\n" + APPENDED_MARKER + ("\n" + tail.lstrip("\n") if tail.strip() else "\n")
+
+
+# -------------------------------------------------------------------------------------------------- GPU check
+GPU_SECTION_TITLE = "## GPU check (issue 16): CUDA path and rlhf vs TRL on the lent GPU"
+
+
+def _mean(xs: List[float]) -> Optional[float]:
+    return sum(xs) / len(xs) if xs else None
+
+
+def gpu_check_markdown(rep: Dict[str, Any]) -> str:
+    """The GPU section of BENCHMARKS.md from scripts/gpu_check.py's gpu_check.json."""
+    m, steps = rep.get("machine", {}), rep.get("steps", {})
+    L = [GPU_SECTION_TITLE + (" (CPU rehearsal: tiny sizes, not numbers)" if m.get("rehearsal") else ""), ""]
+    L.append(f"{m.get('date', '?')}: {m.get('gpu', 'no GPU')} ({m.get('gpu_memory_gib', '?')} GiB), {m.get('cores')} "
+             f"cores; torch {m.get('torch')} (CUDA {m.get('cuda')}), transformers {m.get('transformers')}, vLLM "
+             f"{m.get('vllm')}, TRL {m.get('trl')}, DeepSpeed {m.get('deepspeed')}. Command: `bash "
+             f"scripts/gpu_check.sh run` (scripts/gpu_check.py, one call, budget {f(rep.get('budget_s'), 0)} s; "
+             f"{f(rep.get('elapsed_s'), 0)} s used). Nothing else ran on the machine.")
+    L += ["", "| step | result | wall s |", "|---|---|---:|"]
+    for name, r in steps.items():
+        status = r.get("skipped") and f"skipped: {r['skipped']}" or ("ok" if r.get("rc") == 0 else
+                                                                       f"FAILED (rc {r.get('rc')})")
+        L.append(f"| {name} | {status} | {f(r.get('wall_s'), 0)} |")
+    L.append("")
+    bench = (steps.get("bench") or {}).get("report")
+    if bench and bench.get("grpo", {}).get("variants"):
+        v = bench["grpo"]["variants"]
+        trl, ours = v.get("trl/vllm") or {}, v.get("rlhf/vllm") or {}
+        cps = ratio_or_none(ours.get("completions_per_s"), trl.get("completions_per_s"))
+        L.append("### rlhf vs TRL 1.16 GRPOTrainer, both on colocated vLLM, at TRL's anchor settings")
+        L.append("")
+        gs = bench["grpo"]["settings"]
+        L.append(f"{gs.get('model')} ({gs.get('fine_tune')}), {gs.get('dtype')}, {gs.get('prompts_per_step')} prompts "
+                 f"x {gs.get('samples_per_prompt')} samples, {gs.get('max_new_tokens')} new tokens, lr {gs.get('lr')}; "
+                 f"{gs.get('steps_per_run')} RL steps per run, first dropped; runs interleaved TRL, rlhf per round. "
+                 "The anchor measured by hand on an H100 in 2026-11: TRL 1.07 s/step, 60 completions/s.")
+        L += ["", "| | runs | median s/step | completions/s | rollout tok/s | generate s | update s | sync s |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for label, x in (("TRL", trl), ("rlhf", ours)):
+            ph = step_phases(bench["grpo"].get("runs") or [], label.lower())
+            L.append(f"| {label} | {x.get('runs', '-')} | {f(x.get('step_seconds'), 3)} | "
+                     f"{f(x.get('completions_per_s'), 1)} | {f(x.get('rollout_tokens_per_s'), 0)} | "
+                     f"{f(ph.get('time/generate'), 3)} | {f(ph.get('time/update'), 3)} | {f(ph.get('time/sync'), 3)} |")
+        L += ["", f"Completions/s, rlhf / TRL: **{fx(cps)}** ({goal(cps, GOAL_TRL_RATIO, True)}, goal >= "
+                  f"{GOAL_TRL_RATIO:g}x). Errors: " + ("; ".join(f"{k}: {short_error(x)}" for k, x in v.items()
+                                                               if x.get("status") != "ok") or "none") + ".", ""]
+    curve = steps.get("curve") or {}
+    if curve.get("metrics"):
+        s = curve.get("summary") or {}
+        before, after = s.get("eval_before") or {}, s.get("eval_after") or {}
+        c = curve.get("curve", {})
+        n = len(c.get("reward_mean", []))
+        first, last = c.get("reward_mean", [])[:10], c.get("reward_mean", [])[-10:]
+        L.append(f"### Learning curve: GRPO on synthetic_math, hardware=gpu_vllm, {n} steps (curve.png)")
+        L.append("")
+        L.append(f"Held-out exact match (n={before.get('n')}, greedy): strict {pct(before.get('em_strict'))} -> "
+                 f"{pct(after.get('em_strict'))}, flexible {pct(before.get('em_flexible'))} -> "
+                 f"{pct(after.get('em_flexible'))}. Training reward, mean of the first / last 10 steps: "
+                 f"{f(_mean(first), 3)} -> {f(_mean(last), 3)}. Median step {f(med(c.get('step_seconds')), 3)} s "
+                 f"(generate {f(med(c.get('time/generate')), 3)}, update {f(med(c.get('time/update')), 3)}, sync "
+                 f"{f(med(c.get('time/sync')), 3)} of which read-back check {f(med(c.get('time/sync_verify')), 3)}); "
+                 f"wall {f(curve.get('wall_s'), 0)} s incl. start-up and evals. Engine vs trainer log-prob gap "
+                 f"(mean |diff| per token): median {f(med(c.get('engine_logprob_diff_mean')), 4)}, max over steps "
+                 f"{f(max(c.get('engine_logprob_diff_max') or [float('nan')]), 3)}. Every sync was read back and "
+                 "checked (a mismatch stops the run).")
+        L.append("")
+    sync = (steps.get("sync") or {}).get("report")
+    if sync and sync.get("runs"):
+        L += ["### Weight sync into vLLM, random models of Qwen2.5 shapes (scripts/gpu_sync_bench.py)", "",
+              "| shape | parameters | push s (median) | s per 1B | with read-back check s | goal <= 1 s per 1B |",
+              "|---|---:|---:|---:|---:|---|"]
+        for r in sync["runs"]:
+            p, v = r.get("plain") or {}, r.get("verified") or {}
+            L.append(f"| {r.get('shape')} | {f((r.get('params') or 0) / 1e9, 3)} B | {f(p.get('median_s'), 3)} | "
+                     f"{f(p.get('s_per_1b_params'), 3)} | {f(v.get('median_s'), 3)} | "
+                     f"{goal(p.get('s_per_1b_params'), GOAL_SYNC_S_PER_1B, False)} |")
+        L.append("")
+    for name, what in (("ppo", "PPO with a value head, hardware=gpu_vllm"),
+                       ("zero2", "DeepSpeed ZeRO-2, single process, launcher environment set"),
+                       ("zero3_vllm", "DeepSpeed ZeRO-3 + colocated vLLM"),
+                       ("lora_judge", "adapter-only sync into vLLM's LoRA + the LoRA judge scored by vLLM")):
+        r = steps.get(name)
+        if not r or r.get("skipped"):
+            continue
+        fin = (r.get("summary") or {}).get("final") or {}
+        L.append(f"- {name} ({what}): {'ok' if r.get('rc') == 0 else 'FAILED'} in {f(r.get('wall_s'), 0)} s, "
+                 f"{len(r.get('metrics') or [])} steps logged; last step reward {f(fin.get('reward_mean'), 3)}, "
+                 f"median step {f(med(column_of(r.get('metrics'), 'step_seconds')), 3)} s."
+                 + ("" if r.get("rc") == 0 else f" Tail: `{(r.get('tail') or [''])[-1][:200]}`"))
+    L.append("")
+    return "\n".join(L)
+
+
+def step_phases(runs: List[Dict[str, Any]], framework: str) -> Dict[str, Optional[float]]:
+    """Median seconds per phase over the vLLM runs' steps of one framework, each run's first step dropped."""
+    steps = [st for r in runs if r.get("framework") == framework and r.get("engine") == "vllm"
+             for st in (r.get("steps") or [])[1:]]
+    return {k: med(column_of(steps, k)) for k in ("time/generate", "time/update", "time/sync")}
+
+
+def ratio_or_none(a: Optional[float], b: Optional[float]) -> Optional[float]:
+    return a / b if a and b else None
+
+
+def pct(x: Optional[float]) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f} %"
+
+
+def med(xs: Optional[List[float]]) -> Optional[float]:
+    xs = sorted(xs or [])
+    return None if not xs else (xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2)
+
+
+def column_of(rows: Optional[List[Dict[str, Any]]], key: str) -> List[float]:
+    return [float(r[key]) for r in rows or [] if isinstance(r.get(key), (int, float))]
+
+
+def with_gpu_section(md: str, section: str) -> str:
+    """BENCHMARKS.md with its GPU section replaced by `section` (appended after the kept-sections marker if absent)."""
+    if GPU_SECTION_TITLE in md:
+        head, rest = md.split(GPU_SECTION_TITLE, 1)
+        nxt = rest.find("\n## ")
+        tail = rest[nxt + 1:] if nxt >= 0 else ""
+        return head + section.rstrip("\n") + "\n\n" + tail
+    if APPENDED_MARKER not in md:
+        md = md.rstrip("\n") + "\n\n" + APPENDED_MARKER + "\n"
+    return md.rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n"
+
+
+if __name__ == "__main__":  # python scripts/bench_report.py gpu <gpu_check.json> [BENCHMARKS.md]
+    import sys
+
+    if len(sys.argv) not in (3, 4) or sys.argv[1] != "gpu":
+        raise SystemExit("usage: python scripts/bench_report.py gpu <gpu_check.json> [BENCHMARKS.md]")
+    target = Path(sys.argv[3]) if len(sys.argv) == 4 else ROOT / "BENCHMARKS.md"
+    section = gpu_check_markdown(json.loads(Path(sys.argv[2]).read_text()))
+    target.write_text(with_gpu_section(target.read_text() if target.is_file() else "", section))
+    print(f"wrote the GPU section into {target}")
