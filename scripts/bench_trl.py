@@ -43,7 +43,7 @@ def main() -> None:
     import torch
     import transformers
     import trl
-    from datasets import Dataset
+    from rlhf.dataset.table import dataset_from_columns
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -73,7 +73,7 @@ def main() -> None:
     load_s = time.perf_counter() - t_start
 
     n_prompts = spec["steps"] * P
-    data = Dataset.from_dict({"prompt": spec["prompts"][:n_prompts], "answer": spec["answers"][:n_prompts]})
+    data = dataset_from_columns({"prompt": spec["prompts"][:n_prompts], "answer": spec["answers"][:n_prompts]})
 
     records = []  # one per generation batch (= one rlhf RL step)
     gen_times = []

@@ -259,7 +259,7 @@ STEPS: Dict[str, Callable[[], Dict[str, Any]]] = {
 # correctness checks after it run one by one beside it (the H200 has room for both; its timings say so).
 BACKGROUND = {"curve"}
 # the least a step needs to be worth starting (a vLLM start-up alone is ~30-70 s on the H200)
-MIN_S = {"model": 10, "bench": 150, "curve": 120, "ppo": 60, "zero2": 40, "sync": 60, "zero3_vllm": 60,
+MIN_S = {"model": 10, "bench": 150, "curve": 60, "ppo": 60, "zero2": 40, "sync": 60, "zero3_vllm": 60,
          "lora_judge": 80}
 
 

@@ -19,6 +19,7 @@ import datasets
 
 from rlhf.config import DatasetConfig
 from rlhf.dataset.rubric import row_rubric
+from rlhf.dataset.table import dataset_from_rows
 from rlhf.dataset.synthetic_math import SPLITS, generate_problems
 from rlhf.report.io import read_text_file
 
@@ -125,7 +126,7 @@ def load_math_split(cfg: DatasetConfig, split: str) -> datasets.Dataset:
     if n <= 0:
         raise ValueError(f"dataset.num_{split}: must be > 0, got {n}")
     if cfg.name == "synthetic_math":
-        ds = datasets.Dataset.from_list(generate_problems(cfg, split, n))
+        ds = dataset_from_rows(generate_problems(cfg, split, n))
     elif cfg.name == "gsm8k":
         ds = _load_gsm8k(cfg, split)
         if len(ds) > n:

@@ -36,6 +36,7 @@ from rlhf.dataset.math_data import judge_prompt
 from rlhf.dataset.rubric import row_rubric
 from rlhf.dataset.synthetic_chat import synthetic_chat_rows
 from rlhf.dataset.synthetic_math import SPLITS, SYMBOL, draw_problems, worked_solution
+from rlhf.dataset.table import dataset_from_columns
 from rlhf.report.io import read_jsonl
 
 PREF_DATASETS = ("synthetic_prefs", "synthetic_chat", "hh_rlhf", "rewardbench", "hh_rationales")
@@ -294,7 +295,7 @@ def load_pref_split(cfg: DatasetConfig, split: str):
     rows = rows[:cap] if cap and cap > 0 else rows
     columns = ["prompt", "chosen", "rejected", "subset"]
     columns += [c for c in ("rationale", "rubric") if any(c in r for r in rows)]
-    return datasets.Dataset.from_dict({c: [r.get(c, "") for r in rows] for c in columns})
+    return dataset_from_columns({c: [r.get(c, "") for r in rows] for c in columns})
 
 
 def demo_pool_rows(cfg: DatasetConfig, n: int = 48) -> list[dict[str, Any]]:

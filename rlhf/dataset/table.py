@@ -1,0 +1,27 @@
+"""In-memory `datasets.Dataset` from Python columns, with a content fingerprint computed here.
+
+datasets fingerprints a new in-memory table by pickling it with dill; under Python 3.12 that raises
+`PicklingError: Can't pickle <class 'MonthDayNano'>` (pyarrow's interval type; seen on the lent GPU machine with
+datasets 5.2.0, dill 0.4.1, pyarrow 25-26), so every run there failed while loading its prompts. A sha256 of the
+columns is the same content fingerprint without pickling anything."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Dict, List
+
+import datasets
+from datasets.table import InMemoryTable
+
+
+def dataset_from_columns(columns: Dict[str, List[Any]]) -> datasets.Dataset:
+    fingerprint = hashlib.sha256(json.dumps(columns, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return datasets.Dataset(InMemoryTable.from_pydict(columns), fingerprint=fingerprint)
+
+
+def dataset_from_rows(rows: List[Dict[str, Any]]) -> datasets.Dataset:
+    keys: List[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    return dataset_from_columns({k: [r.get(k) for r in rows] for k in keys})
