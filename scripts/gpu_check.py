@@ -185,13 +185,16 @@ def step_model() -> Dict[str, Any]:
 
 
 def step_bench() -> Dict[str, Any]:
-    res = run("bench", [sys.executable, "scripts/bench.py"], 260, {
+    res = run("bench", [sys.executable, "scripts/bench.py"], 330, {
         "BENCH_SUITE": "cpu" if REHEARSE else "gpu", "BENCH_QUICK": "1" if REHEARSE else "0",
         "BENCH_SECTIONS": "grpo", "BENCH_ENGINES": "vllm", "BENCH_REPEATS": os.environ.get("GPU_CHECK_BENCH_REPEATS", "1"),
         "BENCH_STEPS": os.environ.get("GPU_CHECK_BENCH_STEPS", "2" if REHEARSE else "12"),
         "BENCH_JSON": str(WORK / "bench.json"), "BENCH_MD": str(WORK / "bench.md"), "BENCH_WORKDIR": str(WORK / "bench")})
     if (WORK / "bench.json").is_file():
         res["report"] = json.loads((WORK / "bench.json").read_text())
+    else:  # cut off: bench.py writes its JSON at the end; keep each finished run's median from its log
+        res["finished_runs"] = [line.strip() for line in (WORK / "logs" / "bench.log").read_text(errors="replace")
+                                .splitlines() if "s/step (median)" in line or "] GRPO " in line]
     return res
 
 
@@ -360,6 +363,8 @@ def main() -> int:
     save()
     with tarfile.open(OUT / "logs.tar.gz", "w:gz") as tar:
         tar.add(WORK / "logs", arcname="logs")
+        for p in sorted((WORK / "bench").glob("*.log")) + sorted((WORK / "bench").glob("*/train.log")):
+            tar.add(p, arcname=f"bench/{p.relative_to(WORK / 'bench')}")  # each bench child's own output
         for name in ("curve", "ppo", "zero2", "zero3_vllm", "lora_judge"):
             for f in ("train.log", "metrics.jsonl", "summary.json", "config.yaml"):
                 p = WORK / name / f

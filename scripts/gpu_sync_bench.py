@@ -46,8 +46,8 @@ SHAPES = {
 def build(shape: str, target: Path, tok) -> int:
     cfg = Qwen2Config(**SHAPES[shape], max_position_embeddings=4096, rope_theta=1e6, torch_dtype="bfloat16",
                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
+    with torch.random.fork_rng(), torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        torch.manual_seed(0)  # initialised on the GPU: a 1.5B init took 56 s on the H200 machine's CPU
         model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
     n = sum(p.numel() for p in model.parameters())
     model.save_pretrained(target, safe_serialization=True)
