@@ -21,7 +21,5 @@ def dataset_from_columns(columns: Dict[str, List[Any]]) -> datasets.Dataset:
 
 
 def dataset_from_rows(rows: List[Dict[str, Any]]) -> datasets.Dataset:
-    keys: List[str] = []
-    for r in rows:
-        keys += [k for k in r if k not in keys]
-    return dataset_from_columns({k: [r.get(k) for r in rows] for k in keys})
+    """As `datasets.Dataset.from_list`: the first row's keys are the columns (a key missing from a row is None)."""
+    return dataset_from_columns({k: [r.get(k) for r in rows] for k in (rows[0] if rows else {})})
