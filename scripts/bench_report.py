@@ -551,7 +551,8 @@ def gpu_check_markdown(rep: Dict[str, Any]) -> str:
              f"cores; torch {m.get('torch')} (CUDA {m.get('cuda')}), transformers {m.get('transformers')}, vLLM "
              f"{m.get('vllm')}, TRL {m.get('trl')}, DeepSpeed {m.get('deepspeed')}. Command: `bash "
              f"scripts/gpu_check.sh run` (scripts/gpu_check.py, one call, budget {f(rep.get('budget_s'), 0)} s; "
-             f"{f(rep.get('elapsed_s'), 0)} s used). Nothing else ran on the machine.")
+             f"{f(rep.get('elapsed_s'), 0)} s used). The bench ran alone on the machine; the learning curve ran in the "
+             "background beside the correctness checks after it.")
     L += ["", "| step | result | wall s |", "|---|---|---:|"]
     for name, r in steps.items():
         status = r.get("skipped") and f"skipped: {r['skipped']}" or ("ok" if r.get("rc") == 0 else

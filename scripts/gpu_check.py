@@ -3,24 +3,32 @@
     bash scripts/gpu_check.sh run                 # on the GPU machine, after the staging runs (see gpu_check.sh)
     GPU_CHECK_REHEARSE=1 .venv/bin/python scripts/gpu_check.py   # the same steps on the CPU at tiny sizes
 
-Steps, in priority order (each a child process with its own log and time cap; a step that would not fit in what is
-left of GPU_CHECK_BUDGET_S is skipped and reported as such, never half-counted):
+Steps, in this order (each a child process with its own log and time cap; a step that would not fit in what is left
+of GPU_CHECK_BUDGET_S is skipped and reported as such, never half-counted):
+  model      the embedded GGUF converted to safetensors once (35-44 s on the H200 machine's CPU)
   bench      rlhf GRPO vs TRL 1.16 GRPOTrainer, both on colocated vLLM, at TRL's measured anchor (8 prompts x 8
-             samples x 128 tokens, full fine-tune, bf16, lr 1e-5), interleaved rounds, medians, per-phase breakdown
-             (scripts/bench.py with BENCH_SUITE=gpu BENCH_SECTIONS=grpo BENCH_ENGINES=vllm)
+             samples x 128 tokens, full fine-tune, bf16, lr 1e-5), GPU_CHECK_BENCH_REPEATS rounds (default 1; each
+             round runs TRL then rlhf) of GPU_CHECK_BENCH_STEPS steps (default 12, the first dropped), medians,
+             per-phase breakdown (scripts/bench.py with BENCH_SUITE=gpu BENCH_SECTIONS=grpo BENCH_ENGINES=vllm).
+             Alone on the machine: its timings are the claim.
   curve      a GRPO learning curve on synthetic_math with hardware=gpu_vllm at the same settings: held-out strict and
              flexible exact match before/after, every weight sync read back and checked (hardware.vllm_verify_sync),
-             vLLM asleep during updates (hardware.vllm_enable_sleep), engine vs trainer log-prob gap per step
-  ppo        PPO with a value head on hardware=gpu_vllm (LoRA actor, merged sync)
+             vLLM asleep during updates (hardware.vllm_enable_sleep), engine vs trainer log-prob gap per step. It runs
+             in the background; the steps below start once its vLLM engine is up and run one by one beside it
+             (with a fixed KV cache, so no vLLM start-up profiles memory that the curve's sleep/wake moves)
   zero2      one DeepSpeed ZeRO-2 run on the GPU in a single process (the launcher's environment set by hand)
   sync       weight-sync seconds per 1B parameters into vLLM, random models of Qwen2.5-0.5B/1.5B shapes
+  ppo        PPO with a value head on hardware=gpu_vllm (LoRA actor, merged sync)
   zero3_vllm DeepSpeed ZeRO-3 and vLLM together on the GPU (hardware=zero3_vllm_gpu)
   lora_judge adapter-only sync into vLLM's LoRA, with the LoRA judge scored by the same engine (judge.vllm=true)
 
-Writes to $OUT (what the device tool brings back): gpu_check.json (everything), gpu_check.md (the section that
-`python scripts/bench_report.py gpu <gpu_check.json>` folds into BENCHMARKS.md), curve.png, logs.tar.gz.
-Knobs (environment): GPU_CHECK_BUDGET_S (wall seconds for all steps, default 480), GPU_CHECK_STEPS (comma list,
-default all), GPU_CHECK_CURVE_STEPS (default 100), GPU_CHECK_REHEARSE (1: CPU, tiny sizes), GPU_CHECK_WORK (run dirs).
+Writes to $OUT (what the device tool brings back), after every step: gpu_check.json (everything), gpu_check.md (the
+section that `python scripts/bench_report.py gpu <gpu_check.json>` folds into BENCHMARKS.md); at the end curve.png
+and logs.tar.gz (every step's log, every bench child's log, the training runs' train.log / metrics / summary).
+Knobs (environment): GPU_CHECK_BUDGET_S (wall seconds for all steps, default 480; gpu_check.sh sets it from
+GPU_CHECK_CALL_S), GPU_CHECK_STEPS (comma list, default all), GPU_CHECK_CURVE_STEPS (default 100),
+GPU_CHECK_BENCH_REPEATS, GPU_CHECK_BENCH_STEPS, GPU_CHECK_REHEARSE (1: CPU, tiny sizes), GPU_CHECK_WORK (run dirs).
+Sized from the first loan (2026-11-29): the whole check needs about one 600 s call.
 """
 
 from __future__ import annotations
