@@ -10,7 +10,7 @@
 #                                            # in what is left of the call (results in $OUT)
 #   python scripts/bench_report.py gpu <files_at>/gpu_check.json   # here: folds the result into BENCHMARKS.md
 #
-# Each device call carries at most 64 MiB (working tree included), so the parts are GPU_STAGE_PART_MB (default 58)
+# Each device call carries at most 64 MiB (working tree included), so the parts are GPU_STAGE_PART_MB (default 60)
 # each; the last part travels with the `run` call. A machine keeps /tmp only while warm (~30 s after a call), so
 # make the calls back to back. Knobs of the check itself: see scripts/gpu_check.py.
 set -euo pipefail
@@ -20,7 +20,7 @@ cmd=${1:-}
 
 stage() {
   grep -qx '/.gpu-stage/' .git/info/exclude 2>/dev/null || echo '/.gpu-stage/' >> .git/info/exclude
-  local cache=${GPU_STAGE_CACHE:-$HOME/.cache/gpu-stage} part_mb=${GPU_STAGE_PART_MB:-58}
+  local cache=${GPU_STAGE_CACHE:-$HOME/.cache/gpu-stage} part_mb=${GPU_STAGE_PART_MB:-60}
   mkdir -p "$cache/wheels"
   local plat="--only-binary=:all: --python-version 3.12 --implementation cp --platform any"
   for n in 1 17 24 27 28 31 34 35; do plat="$plat --platform manylinux_2_${n}_x86_64"; done
@@ -29,7 +29,8 @@ stage() {
   while read -r req; do
     [[ -z $req || $req == \#* ]] && continue
     name=${req%%==*}; ver=${req##*==}; norm=$(echo "$name" | tr 'A-Z-' 'a-z_')
-    ls "$cache/wheels" | tr 'A-Z-' 'a-z_' | grep -q "^${norm}_${ver}_" && continue
+    # grep reads all its input (no -q): an early exit would SIGPIPE ls and, under pipefail, look like a miss
+    ls "$cache/wheels" | tr 'A-Z-' 'a-z_' | grep "^${norm}_${ver}_" >/dev/null && continue
     echo "fetching $req"
     case $name in
       deepspeed|antlr4-python3-runtime)  # source-only on PyPI: a pure-Python wheel built here (no compiled ops)
