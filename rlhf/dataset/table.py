@@ -1,8 +1,8 @@
 """In-memory `datasets.Dataset` from Python columns, with a content fingerprint computed here.
 
 datasets fingerprints a new in-memory table by pickling it with dill; under Python 3.12 that raises
-`PicklingError: Can't pickle <class 'MonthDayNano'>` (pyarrow's interval type; seen on the lent GPU machine, Python 3.12.3, with
-datasets 5.2.0 and dill 0.4.1), so every run there failed while loading its prompts. A sha256 of the
+`PicklingError: Can't pickle <class 'MonthDayNano'>` (pyarrow's interval type; seen on the lent GPU machine with
+Python 3.12.3, datasets 5.2.0 and dill 0.4.1), so every run there failed while loading its prompts. A sha256 of the
 columns is the same content fingerprint without pickling anything."""
 
 from __future__ import annotations
