@@ -28,11 +28,12 @@ Checkpoints keep the single-process layout (model/ or adapter/, value_head.safet
 .safetensors, COMPLETE), written by rank 0 from gathered weights, so `rlhf.evaluate checkpoint=...` and a plain resume
 read them unchanged; the optimizer partitions are DeepSpeed's own save_checkpoint in deepspeed/ inside the same atomic
 directory, and every rank saves its RNG state as rng_rank<r>.json + .safetensors (rlhf.backend.checkpoint.save_state:
-no pickle). DeepSpeed's checkpoint engine reads its own .pt files with torch.load(weights_only=False)
-(deepspeed/runtime/checkpoint_engine/torch_checkpoint_engine.py; a few paths call torch.load directly). On resume
-both its load and torch.load are swapped for torch.load(weights_only=True) (torch's restricted unpickler, plus the few DeepSpeed classes its files hold), so no
-file can build anything else; before that, every pickle under deepspeed/ is scanned (rlhf.backend.safe_pickle,
-nothing executed) so that a file naming anything outside the allow-list is refused up front, by name.
+no pickle). Loading is never unrestricted: DeepSpeed's checkpoint engine (and a few of its paths directly) would
+torch.load its .pt files with weights_only=False, so on resume both that engine's load and torch.load itself are
+replaced by torch.load(weights_only=True) (torch's restricted unpickler plus the few DeepSpeed data classes its files
+hold: `restricted_checkpoint_loads`). A checkpoint from elsewhere cannot run code. Before that, every pickle under
+deepspeed/ is scanned (rlhf.backend.safe_pickle, nothing executed), so a file naming anything outside the
+allow-list is refused up front, by name.
 """
 
 from __future__ import annotations
