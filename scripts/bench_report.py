@@ -16,6 +16,8 @@ from bench_common import (
     PHASES,
     ROOT,
     SEED,
+    median,
+    ratio,
 )
 
 
@@ -563,7 +565,7 @@ def gpu_check_markdown(rep: Dict[str, Any]) -> str:
     if bench and bench.get("grpo", {}).get("variants"):
         v = bench["grpo"]["variants"]
         trl, ours = v.get("trl/vllm") or {}, v.get("rlhf/vllm") or {}
-        cps = ratio_or_none(ours.get("completions_per_s"), trl.get("completions_per_s"))
+        cps = ratio(ours.get("completions_per_s"), trl.get("completions_per_s"))
         L.append("### rlhf vs TRL 1.16 GRPOTrainer, both on colocated vLLM, at TRL's anchor settings")
         L.append("")
         gs = bench["grpo"]["settings"]
@@ -586,6 +588,10 @@ def gpu_check_markdown(rep: Dict[str, Any]) -> str:
         s = curve.get("summary") or {}
         before, after = s.get("eval_before") or {}, s.get("eval_after") or {}
         c = curve.get("curve", {})
+
+        def mc(key: str) -> Optional[float]:
+            return median(c.get(key) or [])
+
         n = len(c.get("reward_mean", []))
         first, last = c.get("reward_mean", [])[:10], c.get("reward_mean", [])[-10:]
         L.append(f"### Learning curve: GRPO on synthetic_math, hardware=gpu_vllm, {n} steps (curve.png)")
@@ -593,11 +599,11 @@ def gpu_check_markdown(rep: Dict[str, Any]) -> str:
         L.append(f"Held-out exact match (n={before.get('n')}, greedy): strict {pct(before.get('em_strict'))} -> "
                  f"{pct(after.get('em_strict'))}, flexible {pct(before.get('em_flexible'))} -> "
                  f"{pct(after.get('em_flexible'))}. Training reward, mean of the first / last 10 steps: "
-                 f"{f(_mean(first), 3)} -> {f(_mean(last), 3)}. Median step {f(med(c.get('step_seconds')), 3)} s "
-                 f"(generate {f(med(c.get('time/generate')), 3)}, update {f(med(c.get('time/update')), 3)}, sync "
-                 f"{f(med(c.get('time/sync')), 3)} of which read-back check {f(med(c.get('time/sync_verify')), 3)}); "
+                 f"{f(_mean(first), 3)} -> {f(_mean(last), 3)}. Median step {f(mc('step_seconds'), 3)} s "
+                 f"(generate {f(mc('time/generate'), 3)}, update {f(mc('time/update'), 3)}, sync "
+                 f"{f(mc('time/sync'), 3)} of which read-back check {f(mc('time/sync_verify'), 3)}); "
                  f"wall {f(curve.get('wall_s'), 0)} s incl. start-up and evals. Engine vs trainer log-prob gap "
-                 f"(mean |diff| per token): median {f(med(c.get('engine_logprob_diff_mean')), 4)}, max over steps "
+                 f"(mean |diff| per token): median {f(mc('engine_logprob_diff_mean'), 4)}, max over steps "
                  f"{f(max(c.get('engine_logprob_diff_max') or [float('nan')]), 3)}. Every sync was read back and "
                  "checked (a mismatch stops the run).")
         L.append("")
@@ -622,7 +628,7 @@ def gpu_check_markdown(rep: Dict[str, Any]) -> str:
         fin = (r.get("summary") or {}).get("final") or {}
         L.append(f"- {name} ({what}): {'ok' if r.get('rc') == 0 else 'FAILED'} in {f(r.get('wall_s'), 0)} s, "
                  f"{len(r.get('metrics') or [])} steps logged; last step reward {f(fin.get('reward_mean'), 3)}, "
-                 f"median step {f(med(column_of(r.get('metrics'), 'step_seconds')), 3)} s."
+                 f"median step {f(median(column_of(r.get('metrics'), 'step_seconds')), 3)} s."
                  + ("" if r.get("rc") == 0 else f" Tail: `{(r.get('tail') or [''])[-1][:200]}`"))
     L.append("")
     return "\n".join(L)
@@ -632,20 +638,11 @@ def step_phases(runs: List[Dict[str, Any]], framework: str) -> Dict[str, Optiona
     """Median seconds per phase over the vLLM runs' steps of one framework, each run's first step dropped."""
     steps = [st for r in runs if r.get("framework") == framework and r.get("engine") == "vllm"
              for st in (r.get("steps") or [])[1:]]
-    return {k: med(column_of(steps, k)) for k in ("time/generate", "time/update", "time/sync")}
-
-
-def ratio_or_none(a: Optional[float], b: Optional[float]) -> Optional[float]:
-    return a / b if a and b else None
+    return {k: median(column_of(steps, k)) for k in ("time/generate", "time/update", "time/sync")}
 
 
 def pct(x: Optional[float]) -> str:
     return "n/a" if x is None else f"{100 * x:.1f} %"
-
-
-def med(xs: Optional[List[float]]) -> Optional[float]:
-    xs = sorted(xs or [])
-    return None if not xs else (xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2)
 
 
 def column_of(rows: Optional[List[Dict[str, Any]]], key: str) -> List[float]:

@@ -49,7 +49,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
-from bench_report import gpu_check_markdown  # noqa: E402
+from bench_report import column_of, gpu_check_markdown  # noqa: E402
 
 REHEARSE = os.environ.get("GPU_CHECK_REHEARSE", "0") not in ("", "0", "false")
 OUT = Path(os.environ.get("OUT") or ROOT / "outputs" / "gpu_check")
@@ -134,10 +134,6 @@ def read_metrics(path: Path) -> List[Dict[str, Any]]:
         except json.JSONDecodeError:
             pass
     return [r for r in rows if r.get("phase", "train") == "train"]
-
-
-def column(rows: List[Dict[str, Any]], key: str) -> List[float]:
-    return [float(r[key]) for r in rows if isinstance(r.get(key), (int, float))]
 
 
 def sizes() -> Dict[str, Any]:
@@ -233,7 +229,7 @@ def train_overrides(name: str) -> List[str]:
 def step_curve() -> Dict[str, Any]:
     res = train("curve", train_overrides("curve"), 90 + 2.0 * CURVE_STEPS)
     m = res["metrics"]
-    res["curve"] = {k: column(m, k) for k in ("reward_mean", "em_flexible", "em_strict", "kl",
+    res["curve"] = {k: column_of(m, k) for k in ("reward_mean", "em_flexible", "em_strict", "kl",
                                                  "engine_logprob_diff_mean", "engine_logprob_diff_max",
                                                  "response_length", "step_seconds", "time/generate",
                                                  "time/update", "time/sync", "time/sync_verify")}
