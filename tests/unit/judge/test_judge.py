@@ -152,6 +152,31 @@ def test_rationale_is_text_and_zero_demo_prefix(tiny):
     assert text.split(":")[0] in ("A", "B")
 
 
+
+@pytest.mark.parametrize("mode", ["pairwise", "pointwise"])
+def test_batched_rationales_equal_one_at_a_time_without_cache(tiny, mode):
+    """rationales() (shared prefix cache, batches of 2, pads between prefix and suffix) gives each item the greedy
+    text that a plain generate() on its full [prefix | suffix | verdict | "Reason:"] ids gives alone."""
+    judge = make_judge(tiny, num_demos=2, mode=mode, rationale_max_new_tokens=5)
+    model, tok = tiny
+    pr = judge.prompter
+    lead = tok("\nReason:", add_special_tokens=False)["input_ids"]
+    want = []
+    for p, a, b in zip(*ITEMS):
+        sx = pr.pair_suffix(p, a, b) if mode == "pairwise" else pr.single_suffix(p, a)
+        verdict = pr.verdict_ids[int(judge.verdict_logits([sx], use_cache=False)[0].argmax())]
+        ids = torch.tensor([pr.prefix_ids + sx + [verdict] + lead])
+        with torch.no_grad():
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                 max_new_tokens=5, pad_token_id=judge.pad_id)
+        want.append(f"{tok.decode([verdict]).strip()}: "
+                    + tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip())
+    got = judge.rationales(*ITEMS) if mode == "pairwise" else judge.rationales(ITEMS[0], ITEMS[1])
+    assert len({len(pr.pair_suffix(*x)) for x in zip(*ITEMS)}) == 3  # the batch really pads
+    assert got == want
+    assert judge.rationale(ITEMS[0][1], ITEMS[1][1], ITEMS[2][1]) == want[1]
+    assert judge.rationales([], []) == []
+
 @pytest.mark.slow
 def test_embedded_judge_cache_matches_and_symmetric():
     from rlhf.judge.rubric_judge import build_rubric_judge
