@@ -152,7 +152,6 @@ def test_rationale_is_text_and_zero_demo_prefix(tiny):
     assert text.split(":")[0] in ("A", "B")
 
 
-
 @pytest.mark.parametrize("mode", ["pairwise", "pointwise"])
 def test_batched_rationales_equal_one_at_a_time_without_cache(tiny, mode):
     """rationales() (shared prefix cache, batches of 2, pads between prefix and suffix) gives each item the greedy
@@ -172,10 +171,12 @@ def test_batched_rationales_equal_one_at_a_time_without_cache(tiny, mode):
         want.append(f"{tok.decode([verdict]).strip()}: "
                     + tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip())
     got = judge.rationales(*ITEMS) if mode == "pairwise" else judge.rationales(ITEMS[0], ITEMS[1])
-    assert len({len(pr.pair_suffix(*x)) for x in zip(*ITEMS)}) == 3  # the batch really pads
+    suffixes = [pr.pair_suffix(*x) if mode == "pairwise" else pr.single_suffix(*x[:2]) for x in zip(*ITEMS)]
+    assert len({len(sx) for sx in suffixes}) == 3  # unequal lengths: the batches really pad
     assert got == want
     assert judge.rationale(ITEMS[0][1], ITEMS[1][1], ITEMS[2][1]) == want[1]
     assert judge.rationales([], []) == []
+
 
 @pytest.mark.slow
 def test_embedded_judge_cache_matches_and_symmetric():
