@@ -1,4 +1,7 @@
-"""Vet torch.save files before something else (DeepSpeed) torch.loads them with weights_only=False.
+"""Vet torch.save files (DeepSpeed's checkpoint files) by their opcodes before anything loads them.
+
+The load itself is restricted too (rlhf.backend.zero.restricted_checkpoint_loads: torch's weights-only unpickler);
+this scan refuses a bad file earlier, naming what it references.
 
 A pickle runs code only through the objects it names: GLOBAL / INST / STACK_GLOBAL look up a module attribute (a
 class or function) that REDUCE / NEWOBJ / BUILD then call; EXT1/2/4 fetch one from copyreg's extension registry.

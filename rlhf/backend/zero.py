@@ -28,12 +28,12 @@ Checkpoints keep the single-process layout (model/ or adapter/, value_head.safet
 .safetensors, COMPLETE), written by rank 0 from gathered weights, so `rlhf.evaluate checkpoint=...` and a plain resume
 read them unchanged; the optimizer partitions are DeepSpeed's own save_checkpoint in deepspeed/ inside the same atomic
 directory, and every rank saves its RNG state as rng_rank<r>.json + .safetensors (rlhf.backend.checkpoint.save_state:
-no pickle). Loading is never unrestricted: DeepSpeed's checkpoint engine (and a few of its paths directly) would
-torch.load its .pt files with weights_only=False, so on resume both that engine's load and torch.load itself are
-replaced by torch.load(weights_only=True) (torch's restricted unpickler plus the few DeepSpeed data classes its files
-hold: `restricted_checkpoint_loads`). A checkpoint from elsewhere cannot run code. Before that, every pickle under
-deepspeed/ is scanned (rlhf.backend.safe_pickle, nothing executed), so a file naming anything outside the
-allow-list is refused up front, by name.
+no pickle). Loading is never unrestricted. DeepSpeed's checkpoint engine (and a few of its paths directly) would
+read its .pt files with torch's full, code-running unpickler; on resume both that engine's load and torch.load itself
+are replaced by torch.load(weights_only=True) (torch's restricted unpickler plus the few DeepSpeed data classes its
+files hold: `restricted_checkpoint_loads`), whatever the caller asks for. A checkpoint from elsewhere cannot run code.
+Before that, every pickle under deepspeed/ is scanned (rlhf.backend.safe_pickle, nothing executed), so a file naming
+anything outside the allow-list is refused up front, by name.
 """
 
 from __future__ import annotations
@@ -321,10 +321,10 @@ class DeepSpeedBackend(TrainingBackend):
 @contextlib.contextmanager
 def restricted_checkpoint_loads(ds_engine: Any) -> Iterator[None]:
     """Every file DeepSpeed loads in the block goes through torch.load(weights_only=True), torch's restricted
-    unpickler, with only the DeepSpeed classes of the allow-list added. DeepSpeed's own checkpoint engine calls
-    torch.load(weights_only=False), and some of its paths (universal checkpoints, ZeRO-3 optimizer state) call
-    torch.load(..., weights_only=False) directly, so both the engine's load and torch.load itself are replaced for
-    the duration: a crafted file cannot build anything else, whichever path reads it. (The opcode scan before it
+    unpickler, with only the DeepSpeed classes of the allow-list added. DeepSpeed's own checkpoint engine asks for
+    the full (code-running) unpickler, and some of its paths (universal checkpoints, ZeRO-3 optimizer state) call
+    torch.load with it directly, so both the engine's load and torch.load itself are replaced for the duration and
+    any weights_only argument is overridden: a crafted file cannot build anything else, whichever path reads it. (The opcode scan before it
     refuses such a file early, with the offending name.)"""
     engine = ds_engine.checkpoint_engine
     original_engine_load, original_torch_load = engine.load, torch.load
