@@ -242,7 +242,8 @@ def render_markdown(r: Dict[str, Any], json_path: Path) -> str:
     L.append(f"- weight sync <= {GOAL_SYNC_S_PER_1B:g} s per 1B parameters (a GPU goal): "
              + (skipped if "vllm" not in r else
                 f"{goal(per_1b, GOAL_SYNC_S_PER_1B, False)} ({f(per_1b, 2)} s)" if on_gpu else
-                f"not measured on a GPU (this CPU run: {f(per_1b, 2)} s per 1B)"))
+                f"not measured by this CPU suite (this CPU run: {f(per_1b, 2)} s per 1B; on a GPU: the GPU check "
+                "section, when one has run)"))
     grpo = r.get("grpo") or {}
     comp = (grpo.get("pooled") or {}).get("ratios_rlhf_vs_trl", {}).get("completions_per_s")
     if grpo.get("not_run"):
