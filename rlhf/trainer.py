@@ -5,10 +5,11 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import random
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, List, Tuple
 
 import torch
 from tqdm.auto import tqdm
@@ -33,7 +34,7 @@ from rlhf.reward import build_reward
 from rlhf.reward.base import RewardContext
 from rlhf.rollout import build_rollout_engine
 from rlhf.rollout.base import SamplingParams, greedy_replies
-from rlhf.rollout.sampling import concat_rollouts, generate_rollout, select_groups
+from rlhf.rollout.sampling import concat_rollouts, generate_rollout, mix_seed, select_groups
 from rlhf.rollout.weight_sync import named_weights_for_sync
 from rlhf.task import build_task
 
@@ -84,7 +85,8 @@ class Trainer:
         t_reward = time.perf_counter()
         ctx = RewardContext(cfg=cfg, tokenizer=self.tokenizer, run_dir=self.run_dir, device=self.device,
                            actor_model=self.policy.model, reference_model=self.policy.ref_model,
-                           log=self.logger.log, rollout_engine=self.rollout_engine)
+                           log=self.logger.log, rollout_engine=self.rollout_engine,
+                           sample_policy=self.sample_policy)
         self.reward = build_reward(cfg, ctx)
         trains = cfg.reward.name in ("lora_judge", "bt_rm", "self_reward") and not cfg.reward.checkpoint
         what = "SFT" if cfg.reward.name == "self_reward" else "judge/RM"
@@ -212,6 +214,30 @@ class Trainer:
         if not self.dist.all_true(torch.isfinite(scored.rewards).all()):
             raise NonFiniteError(f"reward: {int((~torch.isfinite(scored.rewards)).sum())} non-finite rewards")
         return rollout, scored, t1 - t0, time.perf_counter() - t1
+
+    def sample_policy(self, num_prompts: int, samples_each: int) -> List[Tuple[Dict[str, Any], List[str]]]:
+        """[(prompt meta, replies)]: the current actor's sampled replies (generation.* settings, the rollout engine)
+        to a seeded draw of num_prompts train prompts, in batches of generation.eval_batch_size replies. Every rank
+        draws the same prompts and seeds (a judge trained on them is the same on every rank)."""
+        g = self.cfg.generation
+        idx = random.Random(f"policy_samples|{self.cfg.seed}").sample(range(len(self.train_items)),
+                                                                       min(num_prompts, len(self.train_items)))
+        items = [self.train_items[i] for i in idx]
+        chunk = max(1, g.eval_batch_size // samples_each)
+        out: List[Tuple[Dict[str, Any], List[str]]] = []
+        progress = self.cfg.logging.progress and self.dist.is_main
+        with torch.no_grad(), self._generation():
+            for start in tqdm(range(0, len(items), chunk), desc="judge: policy samples", disable=not progress,
+                              leave=False):
+                part = items[start: start + chunk]
+                sampling = SamplingParams(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p,
+                                          top_k=g.top_k, n=samples_each, stop=list(g.stop),
+                                          seed=mix_seed(self.cfg.seed, 0x9011C7, start))
+                rollout = self.rollout_engine.generate([self.task.prompt_text(self.tokenizer, it) for it in part],
+                                                       sampling, meta=[it.meta for it in part])
+                out += [(it.meta, rollout.responses[k * samples_each:(k + 1) * samples_each])
+                        for k, it in enumerate(part)]
+        return out
 
     def _draw(self) -> int:
         """The rollout seed input of the next prompts: advances with the sampler (also on skipped steps)."""

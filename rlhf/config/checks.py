@@ -42,7 +42,7 @@ CHOICES = {
 POSITIVE = [
     "model.lora.r", "model.lora.alpha", "dataset.num_train", "dataset.num_test", "dataset.max_prompt_tokens",
     "judge.max_len", "judge.train_steps", "judge.batch_size", "judge.lr", "judge.eval_batch_size",
-    "judge.rationale_max_new_tokens", "sft.steps", "sft.batch_size", "sft.lr", "sft.max_len",
+    "judge.rationale_max_new_tokens", "judge.policy_samples", "sft.steps", "sft.batch_size", "sft.lr", "sft.max_len",
     "sft.eval_max_new_tokens",
     "generation.max_new_tokens", "generation.eval_batch_size",
     "generation.eval_max_new_tokens", "steps", "keep_checkpoints", "max_bad_steps", "hardware.vllm_sync_timeout_s",
@@ -50,14 +50,14 @@ POSITIVE = [
     "model.tiny.num_attention_heads", "model.tiny.num_key_value_heads", "model.tiny.max_position_embeddings",
 ]
 NON_NEGATIVE = [
-    "model.lora.dropout", "judge.num_demos", "judge.margin", "judge.lora_layers", "judge.heldout_pairs",
+    "model.lora.dropout", "judge.num_demos", "judge.margin", "judge.lora_layers", "judge.heldout_pairs", "judge.policy_pairs",
     "generation.temperature", "generation.top_k", "max_train_seconds", "eval_every", "save_every", "num_eval",
     "hardware.num_threads", "reward.format_bonus", "seed", "dataset.seed", "judge.demo_seed",
     "sft.num_train", "sft.num_eval", "sft.eval_em", "reward.ensemble", "reward.ensemble_lcb_beta",
     "hardware.vllm_kv_cache_gb",
 ]
 UNIT_INTERVAL = ["generation.top_p", "hardware.vllm_gpu_memory_utilization", "dataset.label_noise", "reward.route_budget",
-                 "judge.master_key_negatives"]
+                 "judge.master_key_negatives", "judge.policy_fraction"]
 
 
 _ABSENT = object()
@@ -157,6 +157,10 @@ def config_errors(cfg: Any) -> List[str]:
         elif not cfg.model.lora.enabled:
             errors.append("hardware.vllm_lora_sync: needs a LoRA actor (model.lora.enabled=true); a fully fine-tuned "
                           "actor has no adapter to push")
+    if has("judge") and has("reward") and has("dataset") and cfg.judge.policy_pairs > 0:
+        errors += (_policy_pair_errors(cfg) if has("algo") else
+                   ["judge.policy_pairs: on-policy pairs are sampled from the actor of a training run (rlhf.train); "
+                    "set it to 0 here"])
     if has("judge") and has("reward") and cfg.reward.ensemble > 1 and not cfg.judge.lora.enabled:
         errors.append("reward.ensemble: the members are LoRA adapters on one base; judge.lora.enabled=false would "
                       "need K full copies")
@@ -165,6 +169,25 @@ def config_errors(cfg: Any) -> List[str]:
         if why:
             errors.append(f"judge.share_base: true is not possible here: {why}")
     return errors
+
+
+MATH_DATASETS = ("synthetic_math", "gsm8k")
+
+
+def _policy_pair_errors(cfg: Any) -> List[str]:
+    """judge.policy_pairs: the actor's samples graded against reference answers train a judge/RM inside the run."""
+    if cfg.reward.name not in ("lora_judge", "bt_rm", "routed"):
+        return [f"judge.policy_pairs: on-policy pairs train a lora_judge / bt_rm in the run; reward.name is "
+                f"{cfg.reward.name}"]
+    if cfg.reward.checkpoint:
+        return ["judge.policy_pairs: reward.checkpoint loads a trained judge/RM, so nothing is trained on the pairs; "
+                "drop one of them"]
+    if cfg.dataset.name not in MATH_DATASETS:
+        return [f"judge.policy_pairs: replies are graded against reference answers, which a math dataset has "
+                f"({', '.join(MATH_DATASETS)}); dataset.name is {cfg.dataset.name}"]
+    if not cfg.judge.policy_fraction > 0:
+        return ["judge.policy_fraction: must be > 0 when judge.policy_pairs > 0"]
+    return []
 
 
 def _robust_errors(r: "RewardConfig") -> List[str]:

@@ -178,6 +178,14 @@ class JudgeConfig:
     # reply is a content-free "master key" (rlhf/judge/master_keys.py HARDENING_KEYS: punctuation, bare openers) for a
     # lora_judge / bt_rm trained in the run (0: off); task=judge_robustness probes with a disjoint key list
     master_key_negatives: float = 0.0
+    # on-policy pairs for a lora_judge / bt_rm trained inside `rlhf.train` on a math dataset (rlhf/judge/policy_pairs.py):
+    # before the judge trains, the actor samples judge.policy_samples replies (generation.* settings) to each of
+    # judge.policy_pairs train-split prompts; each reply whose final number is wrong (graded against the train split's
+    # answer) is a rejected reply against a right reply of the same prompt, else its reference solution. They make up
+    # judge.policy_fraction of the training draws (repeated as needed). 0: off (the preference dataset only)
+    policy_pairs: int = 0
+    policy_samples: int = 4
+    policy_fraction: float = 0.5
     # score the judge's verdict tokens with the run's vLLM engine (one decoding step restricted to the verdict tokens;
     # vLLM's prefix cache keeps the shared rubric + demonstrations prefix) instead of a transformers forward: the
     # rubric judge on the engine's base weights, the lora_judge with its trained adapter as a pinned LoRA request.

@@ -35,6 +35,7 @@ from rlhf.judge.lora_judge import (
 )
 from rlhf.judge.master_keys import with_master_key_negatives
 from rlhf.judge.pair_losses import pair_loss_fn
+from rlhf.judge.policy_pairs import mix_in
 from rlhf.judge.rm_ensemble import RMEnsemble, build_rm_ensemble, load_rm_ensemble
 from rlhf.judge.rubric_judge import build_rubric_judge
 from rlhf.model.device import resolve_device
@@ -74,12 +75,15 @@ def training_pairs(dataset_cfg: Optional[DatasetConfig], seed: int = 0) -> List[
     return flip_labels(rows, cfg.label_noise, cfg.seed) if cfg.label_noise > 0 else rows
 
 
-def judge_training_pairs(dataset_cfg: Optional[DatasetConfig], judge_cfg: JudgeConfig,
-                         seed: int = 0) -> List[Dict[str, Any]]:
-    """training_pairs plus the judge.master_key_negatives hardening pairs."""
+def judge_training_pairs(dataset_cfg: Optional[DatasetConfig], judge_cfg: JudgeConfig, seed: int = 0,
+                         extra_pairs: Sequence[Dict[str, Any]] = ()) -> List[Dict[str, Any]]:
+    """training_pairs plus the judge.master_key_negatives hardening pairs, then the on-policy ``extra_pairs``
+    (judge.policy_pairs) mixed in at judge.policy_fraction of the draws."""
     rows = training_pairs(dataset_cfg, seed)
     if judge_cfg.master_key_negatives > 0:
         rows = with_master_key_negatives(rows, judge_cfg.master_key_negatives, seed)
+    if extra_pairs:
+        rows = mix_in(rows, extra_pairs, judge_cfg.policy_fraction)
     return rows
 
 
@@ -128,9 +132,10 @@ def build_pair_scorer(reward_cfg: RewardConfig, judge_cfg: JudgeConfig, model_cf
                       hardware: Optional[HardwareConfig] = None, checkpoint: Optional[str] = None, seed: int = 0,
                       train_dir: Optional[Path] = None, dataset_cfg: Optional[DatasetConfig] = None,
                       log_fn: Optional[Callable[..., None]] = None, share_with: Optional[torch.nn.Module] = None,
-                      tokenizer: Any = None) -> Any:
+                      tokenizer: Any = None, extra_pairs: Sequence[Dict[str, Any]] = ()) -> Any:
     """reward.name -> scorer. ``checkpoint`` (or reward.checkpoint) loads a trained lora_judge/bt_rm; without one
-    the judge/RM is trained first on the synthetic_prefs train split and saved to ``train_dir`` when given.
+    the judge/RM is trained first on the synthetic_prefs train split (plus ``extra_pairs``, the on-policy pairs of
+    judge.policy_pairs) and saved to ``train_dir`` when given.
 
     ``share_with`` (with its ``tokenizer``) puts a rubric_judge / lora_judge on an existing model instead of loading
     a copy: the actor's peft model (rubric: adapters off; lora: a second adapter) or a plain frozen model (rubric)."""
@@ -157,7 +162,8 @@ def build_pair_scorer(reward_cfg: RewardConfig, judge_cfg: JudgeConfig, model_cf
             return judge
         judge = build_lora_judge(model_cfg, judge_cfg, device, dtype, seed, dataset_cfg, share_with=share_with,
                                  tokenizer=tokenizer)
-        train_lora_judge(judge, judge_training_pairs(dataset_cfg, judge_cfg, seed), judge_cfg, seed, log_fn)
+        rows = judge_training_pairs(dataset_cfg, judge_cfg, seed, extra_pairs)
+        train_lora_judge(judge, rows, judge_cfg, seed, log_fn)
         if train_dir is not None:
             save_lora_judge(judge, train_dir, model_cfg)
         return judge
@@ -168,7 +174,7 @@ def build_pair_scorer(reward_cfg: RewardConfig, judge_cfg: JudgeConfig, model_cf
         return load_reward_model(ckpt, model_cfg, dtype).to(device)
     loss = pair_loss_fn(reward_cfg.robust, reward_cfg.r3m_lambda, reward_cfg.adaptive_rho,
                         reward_cfg.adaptive_tau_min, reward_cfg.adaptive_tau_max)
-    rows = judge_training_pairs(dataset_cfg, judge_cfg, seed)
+    rows = judge_training_pairs(dataset_cfg, judge_cfg, seed, extra_pairs)
     if reward_cfg.ensemble > 1:
         return train_rm_ensemble(reward_cfg, judge_cfg, model_cfg, rows, loss, device, dtype, seed, train_dir, log_fn)
     rm = build_reward_model(model_cfg, judge_cfg, dtype=dtype, seed=seed).to(device)

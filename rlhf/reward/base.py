@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Protocol
+from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple
 
 import torch
 
@@ -35,6 +35,9 @@ class RewardContext:
     log: Optional[Callable[..., None]] = None
     # the run's rollout engine (judge.vllm scores the judge's verdict tokens with a vLLM engine)
     rollout_engine: Any = None
+    # sample_policy(num_prompts, samples_each) -> [(prompt meta, [sampled replies])]: the actor's replies to a seeded
+    # draw of train-split prompts (judge.policy_pairs trains the judge/RM on them); None outside a training run
+    sample_policy: Optional[Callable[[int, int], List[Tuple[Dict[str, Any], List[str]]]]] = None
 
 
 class RewardSource(Protocol):

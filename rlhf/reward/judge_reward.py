@@ -34,7 +34,9 @@ from rlhf.judge.factory import (
     saved_scorer_in,
 )
 from rlhf.judge.io import MetricSink
+from rlhf.judge.policy_pairs import SUBSET_VS_POLICY, policy_pairs
 from rlhf.judge.prompts import guided_request, reference_of
+from rlhf.report.io import atomic_write_text
 from rlhf.reward.base import RewardOutput
 from rlhf.rollout.base import Rollout
 from rlhf.task.math_grading import answer_formatted, is_correct
@@ -64,6 +66,17 @@ def affine(signal: torch.Tensor, scale: float, shift: float) -> torch.Tensor:
 
 def mean_where(values: torch.Tensor, mask: torch.Tensor) -> float:
     return float(values[mask].mean()) if bool(mask.any()) else float("nan")
+
+
+def group_ranking_accuracy(scores: torch.Tensor, correct: torch.Tensor, group_size: int) -> float:
+    """Over every (right, wrong) pair of replies to the same prompt (consecutive groups of group_size), the fraction
+    the scores rank right above wrong, a tie counting 1/2: what a group-relative advantage sees. nan without a pair."""
+    wins, pairs = 0.0, 0
+    for s, c in zip(scores.float().reshape(-1, group_size), correct.bool().reshape(-1, group_size)):
+        diff = s[c][:, None] - s[~c][None, :]  # (right, wrong)
+        wins += float((diff > 0).sum()) + 0.5 * float((diff == 0).sum())
+        pairs += diff.numel()
+    return wins / pairs if pairs else float("nan")
 
 
 class JudgeReward:
@@ -149,6 +162,7 @@ class JudgeReward:
             metrics["em_flexible"] = float(correct.float().mean())
             metrics["judge_score_correct"] = mean_where(signal, correct)
             metrics["judge_score_wrong"] = mean_where(signal, ~correct)
+            metrics["judge_group_accuracy"] = group_ranking_accuracy(signal, correct, rollout.group_size)
         if self.cfg.judge.generate_rationale and self.signal != "rm" and responses:
             self._log_rationale(prompts[0], responses[0], metas[0])
         self.calls += 1
@@ -188,10 +202,13 @@ def build_judge_reward(cfg: Config, context: Any, name: str = "judge") -> JudgeR
         log.info("judge: reusing the %s trained earlier in this run (%s)", kind, in_run)
         checkpoint = str(in_run)
     needs_training = kind in ("lora_judge", "bt_rm") and not checkpoint
+    extra = on_policy_pairs(cfg, context, run_dir / f"{name}_policy_pairs.jsonl" if run_dir is not None else None) \
+        if needs_training and cfg.judge.policy_pairs > 0 else []
     share_with = shared_judge_base(cfg, context)
     scorer = build_pair_scorer(cfg.reward, judge_cfg, cfg.model, hw, checkpoint=checkpoint, seed=cfg.seed,
                                train_dir=in_run if needs_training else None, dataset_cfg=cfg.dataset, log_fn=sink,
-                               share_with=share_with, tokenizer=getattr(context, "tokenizer", None))
+                               share_with=share_with, tokenizer=getattr(context, "tokenizer", None),
+                               extra_pairs=extra)
     if isinstance(device, torch.device) and device.type != "cpu":  # (a judge on a shared model is there already)
         if hasattr(scorer, "model"):
             scorer.model.to(device)
@@ -215,6 +232,28 @@ def build_judge_reward(cfg: Config, context: Any, name: str = "judge") -> JudgeR
         reward.summary[f"{kind} held-out pair accuracy"] = f"{100 * acc:.1f} % on {len(rows)} {source} test pairs"
         reward.heldout_accuracy = acc
     return reward
+
+
+def on_policy_pairs(cfg: Config, context: Any, path: Optional[Path]) -> List[Dict[str, Any]]:
+    """judge.policy_pairs: the actor's samples on train-split prompts (context.sample_policy) as preference pairs
+    (rlhf/judge/policy_pairs.py), also written to ``path`` (JSONL) for inspection."""
+    sample = getattr(context, "sample_policy", None)
+    if sample is None:
+        raise ValueError("judge.policy_pairs: needs the actor of a training run to sample from (rlhf.train)")
+    t0 = time.perf_counter()
+    groups = sample(cfg.judge.policy_pairs, cfg.judge.policy_samples)
+    rows = policy_pairs(groups)
+    replies = sum(len(r) for _, r in groups)
+    vs_policy = sum(r["subset"] == SUBSET_VS_POLICY for r in rows)
+    log.info("judge: %d on-policy pairs from %d replies to %d train prompts (%d against a right reply of the policy, "
+             "%d against the reference solution; %.0f s)", len(rows), replies, len(groups), vs_policy,
+             len(rows) - vs_policy, time.perf_counter() - t0)
+    if not rows:
+        log.warning("judge.policy_pairs: the actor's replies gave no pair (every reply right); the judge trains on "
+                    "its preference dataset only")
+    if path is not None:
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+    return rows
 
 
 VLLM_JUDGE_TOL = 1e-2  # max |score| gap between the vLLM and transformers verdicts at start-up (float32: ~1e-3)

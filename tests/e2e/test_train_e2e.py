@@ -118,7 +118,7 @@ def test_judge_reward_run_trains_the_judge_then_the_actor(tmp_path, reward):
     lora_judge runs with a LoRA actor, so the judge is a second adapter on the actor's base (judge.share_base)."""
     args = [f"reward={reward}", "algo=ppo", "algo.prompts_per_step=2", "algo.samples_per_prompt=2",
             "algo.minibatch_size=4", "judge.train_steps=2", "judge.batch_size=2", "judge.num_demos=0",
-            "judge.max_len=384", "save_every=1"]
+            "judge.max_len=384", "save_every=1", "judge.policy_pairs=3", "judge.policy_samples=2"]
     if reward == "lora_judge":
         args += ["model.lora.enabled=true", "model.lora.target_modules=[q_proj,v_proj]", "algo.lr=1e-2"]
     run_train(tmp_path, "steps=2", *args)
@@ -131,6 +131,11 @@ def test_judge_reward_run_trains_the_judge_then_the_actor(tmp_path, reward):
     assert all(0.0 <= r["em_flexible"] <= 1.0 for r in steps)
     assert any(k.startswith("reward/") for k in steps[0])
     assert (tmp_path / "judge").is_dir()
+    # judge.policy_pairs: the actor's samples on 3 train prompts, each wrong one against a right one or the reference
+    pairs = [json.loads(line) for line in (tmp_path / "judge_policy_pairs.jsonl").read_text().splitlines()]
+    assert 1 <= len(pairs) <= 6 and len({p["prompt"] for p in pairs}) <= 3
+    assert all(p["subset"].startswith("policy-vs-") and "####" in p["answer"] for p in pairs)
+    assert "on-policy pairs from 6 replies to 3 train prompts" in (tmp_path / "train.log").read_text()
     acc = json.loads((tmp_path / "summary.json").read_text())["judge"]["heldout_accuracy"]
     assert 0.0 <= acc <= 1.0  # what table_actor shows beside the actor's EM
     log_text = (tmp_path / "train.log").read_text()

@@ -22,6 +22,7 @@ from rlhf.reward.judge_reward import (
     JudgeReward,
     affine,
     build_judge_reward,
+    group_ranking_accuracy,
 )
 from rlhf.rollout.base import Rollout
 from rlhf.task.math_grading import reference_solution
@@ -137,3 +138,36 @@ def test_format_bonus_beside_the_judge_score_only_for_formatted_math_replies():
     chat = [{"question": "Say hi."}, META[0]]  # no reference answer: no format to reward
     assert JudgeReward(cfg, FixedScorer()).score_replies(chat, ["#### 5", "#### 5"]).tolist() == [0.0, 0.75]
     assert "format_rate" not in JudgeReward(make_cfg("lora_judge"), FixedScorer()).score(rollout).metrics
+
+
+def test_group_ranking_accuracy_counts_right_wrong_pairs_within_each_prompt():
+    # prompt 1: right 0.9 vs wrong 0.5, 0.9 -> 1 win + 1 tie of 2; prompt 2: all wrong (no pair); prompt 3: right
+    # 0.2 vs wrong 0.4 -> 0 of 1. (1 + 0.5 + 0) / 3
+    scores = torch.tensor([0.9, 0.5, 0.9, 0.1, 0.2, 0.3, 0.2, 0.4, 0.4])
+    correct = torch.tensor([1, 0, 0, 0, 0, 0, 1, 0, 0], dtype=torch.bool)
+    assert group_ranking_accuracy(scores, correct, 3) == pytest.approx(1.5 / 4)
+    assert torch.isnan(torch.tensor(group_ranking_accuracy(scores[3:6], correct[3:6], 3)))
+
+
+def test_policy_pairs_need_a_training_run_to_sample_from(tmp_path):
+    cfg = make_cfg("lora_judge", judge_kw={"policy_pairs": 2})
+    with pytest.raises(ValueError, match=r"^judge\.policy_pairs: needs the actor of a training run"):
+        build_judge_reward(cfg, make_context(cfg, tmp_path))
+
+
+def test_policy_pairs_join_the_judge_training_pairs(tmp_path, monkeypatch):
+    """The sampled groups become pairs, are written to the run dir and reach the judge's training rows."""
+    import rlhf.judge.factory as factory
+    seen = []
+    monkeypatch.setattr(factory, "train_bt_rm", lambda rm, rows, *a, **k: seen.append(rows))
+    cfg = make_cfg("bt_rm", judge_kw={"policy_pairs": 2, "policy_samples": 2, "policy_fraction": 0.5,
+                                      "heldout_pairs": 0})
+    ctx = make_context(cfg, tmp_path)
+    ctx.sample_policy = lambda n, k: [(dict(META[0], judge_prompt=PROMPTS[0]), ["#### 5", "#### 6"]),
+                                      (dict(META[1], judge_prompt=PROMPTS[1]), ["#### 3", "#### 3"])][:n]
+    build_judge_reward(cfg, ctx)
+    written = [json.loads(line) for line in (tmp_path / "judge_policy_pairs.jsonl").read_text().splitlines()]
+    assert [(r["chosen"], r["rejected"]) for r in written] == [("#### 5", "#### 6"), ("5 - 1 = 4\n#### 4", "#### 3")]
+    rows = seen[0]
+    extra = [r for r in rows if r["subset"].startswith("policy-vs-")]
+    assert len(extra) == len(rows) - len(extra)  # half of the rows (and so of the draws)
