@@ -11,6 +11,8 @@ Model-based (generate or score with a model from the config groups):
   task=routing reward=routed limit=120                       RM + judge accuracy against the judge-call fraction
   task=rewardbench2 scores=FILE.jsonl | dataset=rewardbench2 reward=...   best-of-4 subsets, Ties, unweighted mean
   task=rationales reward=rubric_judge|lora_judge limit=40    judge explanations vs reference rationales (embeddings)
+  task=judge_on_policy reward=lora_judge reward.checkpoint=DIR [checkpoint=POLICY | predictions=FILE] samples=8
+                                                             does the reward rank the policy's own replies right?
 Bad input (a missing key, a bad value, an input file that is missing, empty or malformed, scores that are not finite
 numbers) is refused before anything is written: one `error: <key>: ...` line per problem on stderr, exit status 2.
 """
@@ -55,6 +57,7 @@ TASKS = {
     "routing": "rlhf.eval.routing:run_task",
     "rewardbench2": "rlhf.eval.rewardbench2:run_task",
     "rationales": "rlhf.eval.rationales:run_task",
+    "judge_on_policy": "rlhf.eval.judge_on_policy:run_task",
 }
 
 
@@ -66,6 +69,7 @@ class EvaluateConfig:
     scores: Optional[str] = None
     checkpoint: Optional[str] = None  # trained policy / adapter / RM dir for model-based evaluation
     limit: int = 0  # evaluate at most this many examples (0: all)
+    samples: int = 8  # task=judge_on_policy: sampled replies per test problem
     seed: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
@@ -139,6 +143,21 @@ def _mode_errors(cfg: EvaluateConfig) -> List[str]:
         if cfg.reward.name != "routed":
             errors.append(f"reward.name: task=routing needs reward=routed (its RM, judge and routing keys); got "
                           f"{cfg.reward.name}")
+        return errors
+    if task == "judge_on_policy":  # the policy's replies (generated here, or a file) scored by a judge/RM
+        if cfg.scores is not None:
+            errors.append("scores: task=judge_on_policy does not read it; pass predictions=FILE (replies) or none")
+        if cfg.predictions is not None and cfg.checkpoint is not None:
+            errors.append("checkpoint: task=judge_on_policy with predictions= scores those replies and generates "
+                          "none; drop one of them")
+        if cfg.reward.name not in JUDGE_KINDS:
+            errors.append(f"reward.name: task=judge_on_policy scores replies with a judge/RM "
+                          f"({'|'.join(JUDGE_KINDS)}); got {cfg.reward.name}")
+        if cfg.predictions is None and cfg.dataset.name not in MATH_DATASETS:
+            errors.append(f"dataset.name: task=judge_on_policy grades replies to math problems "
+                          f"({'|'.join(MATH_DATASETS)}); got {cfg.dataset.name!r}")
+        if cfg.samples < 1:
+            errors.append(f"samples: must be >= 1, got {cfg.samples}")
         return errors
     if task == "judge_robustness":  # model mode only: the reward source under test scores generated probes
         errors += [f"{key}: task={task} reads no file; it scores master-key replies with reward={cfg.reward.name}"

@@ -17,9 +17,9 @@ from rlhf.rollout.hf_engine import HFEngine
 from rlhf.task.math import MathTask
 
 
-def run_model_task(cfg) -> tuple[dict, str]:
-    """`python -m rlhf.evaluate task=gsm8k [checkpoint=DIR]`: greedy EM of a model (+ trained weights) on a test split.
-    DIR: a training checkpoint (checkpoints/step_N), or an SFT output (a LoRA adapter or a full model dir)."""
+def load_policy_engine(cfg) -> tuple[HFEngine, object]:
+    """(a transformers rollout engine on cfg.model + cfg.checkpoint's trained weights, its tokenizer). checkpoint: a
+    training checkpoint (checkpoints/step_N), or an SFT output (a LoRA adapter or a full model dir); none: the base."""
     device = resolve_device(cfg.hardware)
     model, tok = load_causal_lm(cfg.model, cfg.hardware.dtype, seed=cfg.seed)
     ckpt = Path(cfg.checkpoint) if cfg.checkpoint else None
@@ -37,11 +37,16 @@ def run_model_task(cfg) -> tuple[dict, str]:
         load_weights_into(policy, ckpt)
         model = policy.model
     model.to(device).eval()
+    return HFEngine(model, tok, device, cfg.dataset.max_prompt_tokens), tok
+
+
+def run_model_task(cfg) -> tuple[dict, str]:
+    """`python -m rlhf.evaluate task=gsm8k [checkpoint=DIR]`: greedy EM of a model (+ trained weights) on a test split."""
+    engine, tok = load_policy_engine(cfg)
     task = MathTask(cfg.dataset)
     items = task.items("test")
     if cfg.limit:
         items = items[: cfg.limit]
-    engine = HFEngine(model, tok, device, cfg.dataset.max_prompt_tokens)
     with torch.no_grad():
         out = task.evaluate(engine, tok, items, cfg.generation.eval_batch_size, cfg.generation.eval_max_new_tokens,
                             progress=True)

@@ -2,26 +2,34 @@
 graded against the train split's reference answers, become preference pairs for a lora_judge / bt_rm trained in the
 run, beside its preference dataset.
 
-Why: synthetic_prefs' wrong replies are the reference solution with one slip; the policy's wrong replies look like
-nothing of that kind ("11 + 48 = 59 ... #### 58", "#### 2"), and a judge that only saw the former pays the latter
-almost as much as a right answer, which PPO then optimises. Training a verifier on the generator's own samples,
-labelled by their final answer, is how GSM8K's verifiers were trained (Cobbe et al. 2021); only train-split answers
-are read, never the test split's.
+Why: synthetic_prefs' replies are reference-style solutions; the policy writes otherwise, and a judge trained on the
+former alone ranks the policy's replies by their form. Measured (README, "The headline command"): on the embedded
+model's sampled replies to held-out problems, such a judge ranked right above wrong replies of the same problem in
+52.5 % of pairs (chance) and preferred any reply with a `#### N` line, wrong or not. Training a verifier on the
+generator's own samples, labelled by their final answer, is how GSM8K's verifiers were trained (Cobbe et al. 2021);
+only train-split answers are read, never the test split's.
 
 A reply is right when its final number matches the reference (flexible exact match: the accuracy signal; the format
-of the `#### N` line is reward.format_bonus's business). Each wrong reply of a prompt is the rejected side of one pair;
-its chosen side is a right reply of the same prompt when the policy found one (cycled), else the reference solution.
+is reward.format_bonus's business). Two kinds of pair, both of the policy's own text:
+  policy-vs-policy  each wrong reply of a prompt against a right reply of the same prompt (cycled), when the policy
+                    found one;
+  policy-minimal    each reply that states a number, twice: once with its final answer set to the reference answer
+                    (chosen) and once to a wrong one (rejected: the reply's own answer when that is wrong, else a
+                    seeded slip of the reference). The two differ in the final number only, so what the judge can
+                    learn from them is whether the final number is the reference's.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Sequence, Tuple
+import random
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from rlhf.task.math_grading import is_correct, reference_solution
+from rlhf.task.math_grading import is_correct, reference_answer, with_final_answer
 
-SUBSET_VS_POLICY = "policy-vs-policy"  # chosen: a right reply of the policy itself
-SUBSET_VS_REFERENCE = "policy-vs-reference"  # chosen: the train split's reference solution
+SUBSET_VS_POLICY = "policy-vs-policy"
+SUBSET_MINIMAL = "policy-minimal"
+SLIPS = (-10, -2, -1, 1, 2, 10)
 
 
 def unique(texts: Sequence[str]) -> List[str]:
@@ -34,23 +42,51 @@ def unique(texts: Sequence[str]) -> List[str]:
     return out
 
 
-def policy_pairs(samples: Sequence[Tuple[Dict[str, Any], Sequence[str]]]) -> List[Dict[str, Any]]:
+def wrong_value(rng: random.Random, ref: str) -> str:
+    """A seeded slip of the reference answer (an integer ± 1, 2 or 10, kept >= 0), or ref + "1" for a non-integer."""
+    try:
+        value = int(ref)
+    except ValueError:
+        return ref + "1"
+    cands = [value + d for d in SLIPS if value + d >= 0]
+    return str(rng.choice(cands))
+
+
+def minimal_pair(reply: str, answer: str, right: bool, rng: random.Random) -> Optional[Tuple[str, str]]:
+    """(reply with the reference answer, reply with a wrong answer), or None when the reply states no number."""
+    ref = reference_answer(answer)
+    fixed = with_final_answer(reply, ref)
+    if fixed is None or not is_correct(fixed, answer, "flexible"):
+        return None
+    broken = with_final_answer(reply, wrong_value(rng, ref)) if right else reply
+    if broken is None or is_correct(broken, answer, "flexible"):
+        return None
+    return fixed, broken
+
+
+def policy_pairs(samples: Sequence[Tuple[Dict[str, Any], Sequence[str]]], seed: int = 0) -> List[Dict[str, Any]]:
     """Preference rows (prompt, chosen, rejected, subset, answer) from (prompt meta, sampled replies) groups.
 
-    meta is a math TaskItem's (``judge_prompt``, ``answer``); groups without an answer (chat prompts) or without a
-    wrong reply give no pair. Repeated replies count once."""
+    meta is a math TaskItem's (``judge_prompt``, ``answer``); groups without an answer (chat prompts) give no pair.
+    Repeated replies count once."""
+    rng = random.Random(f"policy_pairs|{seed}")
     rows: List[Dict[str, Any]] = []
     for meta, replies in samples:
         answer = meta.get("answer")
         if not answer:
             continue
+        answer = str(answer)
+        row = {"prompt": str(meta["judge_prompt"]), "answer": answer}
         distinct = unique(replies)
-        right = [r for r in distinct if is_correct(r, str(answer), "flexible")]
-        wrong = [r for r in distinct if not is_correct(r, str(answer), "flexible")]
-        for j, bad in enumerate(wrong):
-            good = right[j % len(right)] if right else reference_solution(str(answer))
-            rows.append({"prompt": str(meta["judge_prompt"]), "chosen": good, "rejected": bad, "answer": str(answer),
-                         "subset": SUBSET_VS_POLICY if right else SUBSET_VS_REFERENCE})
+        graded = [(r, is_correct(r, answer, "flexible")) for r in distinct]
+        right = [r for r, ok in graded if ok]
+        if right:
+            rows += [{**row, "chosen": right[j % len(right)], "rejected": bad, "subset": SUBSET_VS_POLICY}
+                     for j, bad in enumerate(r for r, ok in graded if not ok)]
+        for reply, ok in graded:
+            pair = minimal_pair(reply, answer, ok, rng)
+            if pair is not None:
+                rows.append({**row, "chosen": pair[0], "rejected": pair[1], "subset": SUBSET_MINIMAL})
     return rows
 
 

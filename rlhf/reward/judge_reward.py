@@ -242,15 +242,15 @@ def on_policy_pairs(cfg: Config, context: Any, path: Optional[Path]) -> List[Dic
         raise ValueError("judge.policy_pairs: needs the actor of a training run to sample from (rlhf.train)")
     t0 = time.perf_counter()
     groups = sample(cfg.judge.policy_pairs, cfg.judge.policy_samples)
-    rows = policy_pairs(groups)
+    rows = policy_pairs(groups, cfg.seed)
     replies = sum(len(r) for _, r in groups)
     vs_policy = sum(r["subset"] == SUBSET_VS_POLICY for r in rows)
-    log.info("judge: %d on-policy pairs from %d replies to %d train prompts (%d against a right reply of the policy, "
-             "%d against the reference solution; %.0f s)", len(rows), replies, len(groups), vs_policy,
-             len(rows) - vs_policy, time.perf_counter() - t0)
+    log.info("judge: %d on-policy pairs from %d replies to %d train prompts (%d wrong vs right replies of the same "
+             "prompt, %d replies with their final answer set right vs wrong; %.0f s)", len(rows), replies,
+             len(groups), vs_policy, len(rows) - vs_policy, time.perf_counter() - t0)
     if not rows:
-        log.warning("judge.policy_pairs: the actor's replies gave no pair (every reply right); the judge trains on "
-                    "its preference dataset only")
+        log.warning("judge.policy_pairs: the actor's replies gave no pair (no reply states a number); the judge "
+                    "trains on its preference dataset only")
     if path is not None:
         atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
     return rows

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from decimal import Decimal, InvalidOperation
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 MODES = ("strict", "flexible")
 
@@ -48,6 +48,12 @@ def _strict(text: str) -> Optional[str]:
 
 
 def _flexible(text: str) -> Optional[str]:
+    span = last_number_span(text)
+    return _normalize(text[span[0]:span[1]]) if span is not None else None
+
+
+def last_number_span(text: str) -> Optional[Tuple[int, int]]:
+    """(start, end) of the number flexible matching reads as the reply's answer (its sign included), or None."""
     last = None
     for match in NUMBER_RE.finditer(text):
         digits_at = match.start(2)
@@ -62,8 +68,22 @@ def _flexible(text: str) -> Optional[str]:
             prev = text[dash_at - 1] if dash_at > 0 else ""
             if prev and (prev.isalnum() or prev in ")]_"):
                 sign = ""  # a range or a difference (5-3, pages 10-12), not a negative number
-        last = sign + match.group(2)
-    return _normalize(last) if last is not None else None
+        last = (match.start(1) if sign else match.start(2), match.end(2))
+    return last
+
+
+def with_final_answer(text: str, value: str) -> Optional[str]:
+    """``text`` with its answer replaced by ``value``: the number flexible matching reads, and the strict ``#### N``
+    answer too when that reads the same number. None when the text has no number."""
+    span = last_number_span(text)
+    if span is None:
+        return None
+    old = _normalize(text[span[0]:span[1]])
+    out = text[:span[0]] + value + text[span[1]:]
+    strict = STRICT_RE.search(out)
+    if strict is not None and strict.start(1) != span[0] and _normalize(strict.group(1)) == old:
+        out = out[:strict.start(1)] + value + out[strict.end(1):]
+    return out
 
 
 def extract_answer(text: str, mode: str) -> Optional[str]:

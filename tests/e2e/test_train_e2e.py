@@ -131,10 +131,11 @@ def test_judge_reward_run_trains_the_judge_then_the_actor(tmp_path, reward):
     assert all(0.0 <= r["em_flexible"] <= 1.0 for r in steps)
     assert any(k.startswith("reward/") for k in steps[0])
     assert (tmp_path / "judge").is_dir()
-    # judge.policy_pairs: the actor's samples on 3 train prompts, each wrong one against a right one or the reference
+    # judge.policy_pairs: the actor's 2 samples on each of 3 train prompts as pairs (how many depends on what the
+    # random model writes: a wrong reply vs a right one, and every reply that states a number as a minimal pair)
     pairs = [json.loads(line) for line in (tmp_path / "judge_policy_pairs.jsonl").read_text().splitlines()]
-    assert 1 <= len(pairs) <= 6 and len({p["prompt"] for p in pairs}) <= 3
-    assert all(p["subset"].startswith("policy-vs-") and "####" in p["answer"] for p in pairs)
+    assert len(pairs) <= 12 and len({p["prompt"] for p in pairs}) <= 3
+    assert all(p["subset"].startswith("policy-") and "####" in p["answer"] for p in pairs)
     assert "on-policy pairs from 6 replies to 3 train prompts" in (tmp_path / "train.log").read_text()
     acc = json.loads((tmp_path / "summary.json").read_text())["judge"]["heldout_accuracy"]
     assert 0.0 <= acc <= 1.0  # what table_actor shows beside the actor's EM

@@ -167,7 +167,11 @@ def test_policy_pairs_join_the_judge_training_pairs(tmp_path, monkeypatch):
                                       (dict(META[1], judge_prompt=PROMPTS[1]), ["#### 3", "#### 3"])][:n]
     build_judge_reward(cfg, ctx)
     written = [json.loads(line) for line in (tmp_path / "judge_policy_pairs.jsonl").read_text().splitlines()]
-    assert [(r["chosen"], r["rejected"]) for r in written] == [("#### 5", "#### 6"), ("5 - 1 = 4\n#### 4", "#### 3")]
+    # prompt 1: right "#### 5" vs wrong "#### 6", and both replies as minimal pairs; prompt 2: one distinct reply
+    assert [(r["subset"], r["chosen"]) for r in written] == [("policy-vs-policy", "#### 5"), ("policy-minimal", "#### 5"),
+                                                             ("policy-minimal", "#### 5"), ("policy-minimal", "#### 4")]
+    slip = written[1]["rejected"]  # the right reply with a seeded wrong answer
+    assert [r["rejected"] for r in written] == ["#### 6", slip, "#### 6", "#### 3"] and slip != "#### 5"
     rows = seen[0]
-    extra = [r for r in rows if r["subset"].startswith("policy-vs-")]
+    extra = [r for r in rows if r["subset"].startswith("policy-")]
     assert len(extra) == len(rows) - len(extra)  # half of the rows (and so of the draws)
