@@ -184,6 +184,10 @@ class JudgeConfig:
     # answer) is a rejected reply against a right reply of the same prompt, else its reference solution. They make up
     # judge.policy_fraction of the training draws (repeated as needed). 0: off (the preference dataset only)
     policy_pairs: int = 0
+    # preference-pair subsets left out of a lora_judge / bt_rm's training pairs (e.g. [synth-format] when
+    # reward.format_bonus pays the format: a judge trained on format-only pairs scores a right answer written in another
+    # format down, and pays the format twice); an unknown subset name is an error at training time
+    exclude_subsets: List[str] = field(default_factory=list)
     policy_samples: int = 4
     policy_fraction: float = 0.5
     # score the judge's verdict tokens with the run's vLLM engine (one decoding step restricted to the verdict tokens;

@@ -75,11 +75,27 @@ def training_pairs(dataset_cfg: Optional[DatasetConfig], seed: int = 0) -> List[
     return flip_labels(rows, cfg.label_noise, cfg.seed) if cfg.label_noise > 0 else rows
 
 
+def without_subsets(rows: Sequence[Dict[str, Any]], exclude: Sequence[str]) -> List[Dict[str, Any]]:
+    """rows minus those whose subset is in ``exclude`` (judge.exclude_subsets); a name no row has, or leaving no row,
+    is an error naming the key."""
+    present = {r.get("subset") for r in rows}
+    unknown = [s for s in exclude if s not in present]
+    if unknown:
+        raise ValueError(f"judge.exclude_subsets: {unknown} not among the training pairs' subsets "
+                         f"{sorted(str(s) for s in present)}")
+    kept = [r for r in rows if r.get("subset") not in set(exclude)]
+    if not kept:
+        raise ValueError(f"judge.exclude_subsets: {list(exclude)} leaves no training pair")
+    return kept
+
+
 def judge_training_pairs(dataset_cfg: Optional[DatasetConfig], judge_cfg: JudgeConfig, seed: int = 0,
                          extra_pairs: Sequence[Dict[str, Any]] = ()) -> List[Dict[str, Any]]:
-    """training_pairs plus the judge.master_key_negatives hardening pairs, then the on-policy ``extra_pairs``
-    (judge.policy_pairs) mixed in at judge.policy_fraction of the draws."""
+    """training_pairs less judge.exclude_subsets, plus the judge.master_key_negatives hardening pairs, then the
+    on-policy ``extra_pairs`` (judge.policy_pairs) mixed in at judge.policy_fraction of the draws."""
     rows = training_pairs(dataset_cfg, seed)
+    if judge_cfg.exclude_subsets:
+        rows = without_subsets(rows, judge_cfg.exclude_subsets)
     if judge_cfg.master_key_negatives > 0:
         rows = with_master_key_negatives(rows, judge_cfg.master_key_negatives, seed)
     if extra_pairs:

@@ -39,6 +39,7 @@ from rlhf.report.io import atomic_save_dir
 log = logging.getLogger(__name__)
 
 META = "judge_meta.json"
+DEMO_KEYS = ("prompt", "chosen", "rejected", "_flip", "answer", "reference")
 IGNORE = -100
 
 
@@ -214,7 +215,8 @@ def save_lora_judge(judge: RubricJudge, path: str | Path, model_cfg: Optional[Mo
 
     def write(tmp: Path) -> None:
         judge.model.save_pretrained(str(tmp), safe_serialization=True)
-        demos = [{k: d[k] for k in ("prompt", "chosen", "rejected", "_flip") if k in d} for d in judge.prompter.demos]
+        # everything a demonstration's turn reads, its reference too (judge.reference shows it after the request)
+        demos = [{k: d[k] for k in DEMO_KEYS if k in d} for d in judge.prompter.demos]
         write_json(tmp / META, {"kind": "lora_judge", "judge": asdict(judge.cfg),
                                 "model": asdict(model_cfg) if model_cfg else None, "demos": demos})
 

@@ -72,3 +72,11 @@ def test_bt_rm_probe_runs_on_the_tiny_model(tmp_path, hardening):
                                                     master_key_negatives=hardening)))
     assert res["master_key_negatives"] == hardening
     assert 0.0 <= res["false_positive_rate"] <= 1.0 and len(res["keys"]) == len(PROBE_KEYS)
+
+
+def test_exclude_subsets_drops_those_training_pairs_and_names_unknown_ones():
+    ds = DatasetConfig(name="synthetic_prefs", num_train=36)  # 6 subsets x 6 pairs
+    rows = judge_training_pairs(ds, JudgeConfig(exclude_subsets=["synth-format"]))
+    assert len(rows) == 30 and "synth-format" not in {r["subset"] for r in rows}
+    with pytest.raises(ValueError, match=r"^judge\.exclude_subsets: \['synth-fmt'\] not among"):
+        judge_training_pairs(ds, JudgeConfig(exclude_subsets=["synth-fmt"]))

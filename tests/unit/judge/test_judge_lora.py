@@ -63,6 +63,16 @@ def test_lora_judge_trains_adapter_only_and_roundtrips(tmp_path):
     assert before[0] == pytest.approx(after[0], abs=1e-5)
 
 
+def test_a_reference_guided_judge_loads_with_the_demonstrations_it_was_trained_with(tmp_path):
+    """The saved demonstrations keep their reference answers: a judge.reference=answer judge shows them in its demo
+    turns, so a loaded judge must read exactly the prompt prefix the trained one read."""
+    cfg = JudgeConfig(num_demos=2, mode="pointwise", reference="answer", max_len=256)
+    judge = build_lora_judge(TINY, cfg)
+    assert all(d.get("answer") for d in judge.prompter.demos)
+    loaded = load_lora_judge(save_lora_judge(judge, tmp_path / "judge", TINY))
+    assert loaded.prompter.prefix_ids == judge.prompter.prefix_ids
+
+
 def test_lora_judge_with_rationales_fixture():
     cfg = JudgeConfig(num_demos=0, max_len=96, train_steps=2, batch_size=2, lr=1e-3, use_rationales=True,
                       rubric='{"criteria": "helpfulness and harmlessness", "scale": [1, 5], "output": "a digit"}')
