@@ -50,7 +50,8 @@ POSITIVE = [
     "model.tiny.num_attention_heads", "model.tiny.num_key_value_heads", "model.tiny.max_position_embeddings",
 ]
 NON_NEGATIVE = [
-    "model.lora.dropout", "judge.num_demos", "judge.margin", "judge.lora_layers", "judge.heldout_pairs", "judge.policy_pairs",
+    "model.lora.dropout", "judge.num_demos", "judge.margin", "judge.lora_layers", "judge.heldout_pairs",
+    "judge.policy_pairs",
     "generation.temperature", "generation.top_k", "max_train_seconds", "eval_every", "save_every", "num_eval",
     "hardware.num_threads", "reward.format_bonus", "seed", "dataset.seed", "judge.demo_seed",
     "sft.num_train", "sft.num_eval", "sft.eval_em", "reward.ensemble", "reward.ensemble_lcb_beta",

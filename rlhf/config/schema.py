@@ -178,7 +178,8 @@ class JudgeConfig:
     # reply is a content-free "master key" (rlhf/judge/master_keys.py HARDENING_KEYS: punctuation, bare openers) for a
     # lora_judge / bt_rm trained in the run (0: off); task=judge_robustness probes with a disjoint key list
     master_key_negatives: float = 0.0
-    # on-policy pairs for a lora_judge / bt_rm trained inside `rlhf.train` on a math dataset (rlhf/judge/policy_pairs.py):
+    # on-policy pairs for a lora_judge / bt_rm trained inside `rlhf.train` on a math dataset
+    # (rlhf/judge/policy_pairs.py):
     # before the judge trains, the actor samples judge.policy_samples replies (generation.* settings) to each of
     # judge.policy_pairs train-split prompts; each reply whose final number is wrong (graded against the train split's
     # answer) is a rejected reply against a right reply of the same prompt, else its reference solution. They make up

@@ -41,7 +41,8 @@ def load_policy_engine(cfg) -> tuple[HFEngine, object]:
 
 
 def run_model_task(cfg) -> tuple[dict, str]:
-    """`python -m rlhf.evaluate task=gsm8k [checkpoint=DIR]`: greedy EM of a model (+ trained weights) on a test split."""
+    """`python -m rlhf.evaluate task=gsm8k [checkpoint=DIR]`: greedy EM of a model (+ trained weights) on a test
+    split."""
     engine, tok = load_policy_engine(cfg)
     task = MathTask(cfg.dataset)
     items = task.items("test")

@@ -17,7 +17,8 @@ TRAIN_LABELS = [
     ("reward_mean", "batch reward"), ("em_flexible", "batch EM (flexible)"), ("reward/format_rate", "format rate"),
     ("reward/judge_score_correct", "judge score of correct replies"),
     ("reward/judge_score_wrong", "judge score of wrong replies"),
-    ("reward/judge_group_accuracy", "judge ranks right above wrong (same prompt)"), ("kl", "KL to reference / sequence"),
+    ("reward/judge_group_accuracy", "judge ranks right above wrong (same prompt)"),
+    ("kl", "KL to reference / sequence"),
     ("response_length", "reply tokens (sampled)"),
 ]
 

@@ -26,14 +26,19 @@ def test_micro_batch_size_must_divide_minibatch_size(micro, ok):
             to_config(cfg)
 
 
+# presets that need a companion choice to be valid on their own
+COMPANIONS = {
+    "model=hf": ["model.name_or_path=some/model"],
+    "judge=math_onpolicy": ["reward=lora_judge"],  # judge.policy_pairs trains a judge in the run
+}
+
+
 def test_valid_configs_compose_for_every_group_option():
     for group in ("model", "dataset", "reward", "judge", "algo", "hardware", "experiment"):
         for f in sorted((ROOT / "conf" / group).glob("*.yaml")):
             if group == "experiment" and f.stem.startswith("table_"):
                 continue  # paper tables compose with conf/tables.yaml (tests/unit/test_tables.py)
-            overrides = [f"{group}={f.stem}"]
-            if f.stem == "hf":
-                overrides.append("model.name_or_path=some/model")
+            overrides = [f"{group}={f.stem}", *COMPANIONS.get(f"{group}={f.stem}", [])]
             cfg = compose_cfg(*overrides)
             try:
                 to_config(cfg)

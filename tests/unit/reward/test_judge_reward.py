@@ -168,8 +168,9 @@ def test_policy_pairs_join_the_judge_training_pairs(tmp_path, monkeypatch):
     build_judge_reward(cfg, ctx)
     written = [json.loads(line) for line in (tmp_path / "judge_policy_pairs.jsonl").read_text().splitlines()]
     # prompt 1: right "#### 5" vs wrong "#### 6", and both replies as minimal pairs; prompt 2: one distinct reply
-    assert [(r["subset"], r["chosen"]) for r in written] == [("policy-vs-policy", "#### 5"), ("policy-minimal", "#### 5"),
-                                                             ("policy-minimal", "#### 5"), ("policy-minimal", "#### 4")]
+    assert [(r["subset"], r["chosen"]) for r in written] == [
+        ("policy-vs-policy", "#### 5"), ("policy-minimal", "#### 5"), ("policy-minimal", "#### 5"),
+        ("policy-minimal", "#### 4")]
     slip = written[1]["rejected"]  # the right reply with a seeded wrong answer
     assert [r["rejected"] for r in written] == ["#### 6", slip, "#### 6", "#### 3"] and slip != "#### 5"
     rows = seen[0]
