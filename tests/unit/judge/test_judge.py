@@ -92,7 +92,11 @@ def test_verdict_tokens_single_and_lead_shared(tiny):
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in CONF.glob("*.yaml")))
 def test_judge_yaml_files_are_valid(tiny, name):
-    cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(JudgeConfig), OmegaConf.load(CONF / f"{name}.yaml")))
+    def layers(stem):  # a preset may build on another of the group (its defaults list), as Hydra composes it
+        raw = OmegaConf.load(CONF / f"{stem}.yaml")
+        bases = [b for b in raw.pop("defaults", []) if b != "_self_"]
+        return [layer for b in bases for layer in layers(b)] + [raw]
+    cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(JudgeConfig), *layers(name)))
     jp.parse_rubric(cfg.rubric)
     assert 0 <= cfg.num_demos <= 6
     prompter = jp.JudgePrompter(tiny[1], cfg, jp.select_demos(DEMOS * 2, cfg.num_demos, cfg.demo_seed))
