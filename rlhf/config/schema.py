@@ -179,18 +179,18 @@ class JudgeConfig:
     # lora_judge / bt_rm trained in the run (0: off); task=judge_robustness probes with a disjoint key list
     master_key_negatives: float = 0.0
     # on-policy pairs for a lora_judge / bt_rm trained inside `rlhf.train` on a math dataset
-    # (rlhf/judge/policy_pairs.py):
-    # before the judge trains, the actor samples judge.policy_samples replies (generation.* settings) to each of
-    # judge.policy_pairs train-split prompts; each reply whose final number is wrong (graded against the train split's
-    # answer) is a rejected reply against a right reply of the same prompt, else its reference solution. They make up
-    # judge.policy_fraction of the training draws (repeated as needed). 0: off (the preference dataset only)
+    # (rlhf/judge/policy_pairs.py): before the judge trains, the actor samples judge.policy_samples replies
+    # (generation.* settings) to each of judge.policy_pairs train-split prompts, graded by their final number against
+    # the train split's answer; pairs: each wrong reply against a right reply of the same prompt, and each reply that
+    # states a number with its final answer set right vs wrong (a minimal pair). They make up judge.policy_fraction of
+    # the training draws (repeated as needed). 0: off (the preference dataset only); judge=math_onpolicy sets 32
     policy_pairs: int = 0
+    policy_samples: int = 4
+    policy_fraction: float = 0.5
     # preference-pair subsets left out of a lora_judge / bt_rm's training pairs (e.g. [synth-format] when
     # reward.format_bonus pays the format: a judge trained on format-only pairs scores a right answer written in another
     # format down, and pays the format twice); an unknown subset name is an error at training time
     exclude_subsets: List[str] = field(default_factory=list)
-    policy_samples: int = 4
-    policy_fraction: float = 0.5
     # score the judge's verdict tokens with the run's vLLM engine (one decoding step restricted to the verdict tokens;
     # vLLM's prefix cache keeps the shared rubric + demonstrations prefix) instead of a transformers forward: the
     # rubric judge on the engine's base weights, the lora_judge with its trained adapter as a pinned LoRA request.

@@ -3,11 +3,12 @@ graded against the train split's reference answers, become preference pairs for 
 run, beside its preference dataset.
 
 Why: synthetic_prefs' replies are reference-style solutions; the policy writes otherwise, and a judge trained on the
-former alone ranks the policy's replies by their form. Measured (README, "The headline command"): on the embedded
-model's sampled replies to held-out problems, such a judge ranked right above wrong replies of the same problem in
-52.5 % of pairs (chance) and preferred any reply with a `#### N` line, wrong or not. Training a verifier on the
-generator's own samples, labelled by their final answer, is how GSM8K's verifiers were trained (Cobbe et al. 2021);
-only train-split answers are read, never the test split's.
+former alone ranks the policy's replies by their form. Measured (README, "Does the judge rank the policy's own
+replies?"): on the embedded model's sampled replies to held-out problems, judge=math_rubric ranked right above wrong
+replies of the same problem in 49.5 % of pairs (chance) and preferred wrong replies among those ending on `#### N`;
+judge=math_onpolicy (these pairs, LoRA on every layer, 60 steps) in 77.3 %. Training a verifier on the generator's own
+samples, labelled by their final answer, is how GSM8K's verifiers were trained (Cobbe et al. 2021); only train-split
+answers are read, never the test split's.
 
 A reply is right when its final number matches the reference (flexible exact match: the accuracy signal; the format
 is reward.format_bonus's business). Two kinds of pair, both of the policy's own text:
