@@ -43,6 +43,7 @@ from rlhf.config import (
     config_errors,
     register_configs,
 )
+from rlhf.config.checks import MATH_DATASETS
 from rlhf.dataset.prefs import PREF_DATASETS
 from rlhf.report.io import atomic_write_json, atomic_write_text
 
@@ -79,9 +80,8 @@ class EvaluateConfig:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
 
 
-# Model modes, kept here so that the start-up checks import neither torch nor datasets (tests pin them to the sources:
-# rlhf.dataset.math_data.MATH_DATASETS and rlhf.judge.factory.JUDGE_KINDS).
-MATH_DATASETS = ("synthetic_math", "gsm8k")
+# Model modes, kept here so that the start-up checks import neither torch nor datasets (a test pins JUDGE_KINDS to
+# rlhf.judge.factory's; MATH_DATASETS is rlhf.config's, which rlhf.dataset.math_data reads too).
 JUDGE_KINDS = ("rubric_judge", "lora_judge", "bt_rm")
 # the file each file-mode task reads, and the other file key, which that task does not read
 INPUT_KEY = {"gsm8k": "predictions", "rewardbench": "scores", "preference": "scores", "rewardbench2": "scores"}

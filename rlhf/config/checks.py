@@ -172,6 +172,7 @@ def config_errors(cfg: Any) -> List[str]:
     return errors
 
 
+# the math datasets (rlhf/dataset/math_data.py reads them; rlhf.evaluate and the checks here refuse the others)
 MATH_DATASETS = ("synthetic_math", "gsm8k")
 
 

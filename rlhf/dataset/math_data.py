@@ -18,6 +18,7 @@ from typing import Any, Dict, Optional
 import datasets
 
 from rlhf.config import DatasetConfig
+from rlhf.config.checks import MATH_DATASETS
 from rlhf.dataset.rubric import row_rubric
 from rlhf.dataset.table import dataset_from_rows
 from rlhf.dataset.synthetic_math import SPLITS, generate_problems
@@ -25,7 +26,6 @@ from rlhf.report.io import read_text_file
 
 log = logging.getLogger(__name__)
 
-MATH_DATASETS = ("synthetic_math", "gsm8k")
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 REQUIRED = ("question", "answer")
 RUBRIC = "rubric"  # optional per-row judge rubric (JSON), which replaces judge.rubric for that row
