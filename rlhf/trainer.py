@@ -33,7 +33,7 @@ from rlhf.report.plots import plot_metrics
 from rlhf.reward import build_reward
 from rlhf.reward.base import RewardContext
 from rlhf.rollout import build_rollout_engine
-from rlhf.rollout.base import SamplingParams, greedy_replies
+from rlhf.rollout.base import greedy_replies, sampled_replies, sampling_params
 from rlhf.rollout.sampling import concat_rollouts, generate_rollout, mix_seed, select_groups
 from rlhf.rollout.weight_sync import named_weights_for_sync
 from rlhf.task import build_task
@@ -200,8 +200,7 @@ class Trainer:
         lo, hi = self.dist.shard_range(len(items_idx))
         items = [self.train_items[i] for i in items_idx[lo:hi]]
         prompts = [self.task.prompt_text(self.tokenizer, it) for it in items]
-        sampling = SamplingParams(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p,
-                                  top_k=g.top_k, n=a.samples_per_prompt, stop=list(g.stop))
+        sampling = sampling_params(g, a.samples_per_prompt)
         t0 = time.perf_counter()
         with self._generation():
             rollout = generate_rollout(self.rollout_engine, prompts, sampling, [it.meta for it in items],
@@ -223,21 +222,13 @@ class Trainer:
         idx = random.Random(f"policy_samples|{self.cfg.seed}").sample(range(len(self.train_items)),
                                                                        min(num_prompts, len(self.train_items)))
         items = [self.train_items[i] for i in idx]
-        chunk = max(1, g.eval_batch_size // samples_each)
-        out: List[Tuple[Dict[str, Any], List[str]]] = []
-        progress = self.cfg.logging.progress and self.dist.is_main
         with torch.no_grad(), self._generation():
-            for start in tqdm(range(0, len(items), chunk), desc="judge: policy samples", disable=not progress,
-                              leave=False):
-                part = items[start: start + chunk]
-                sampling = SamplingParams(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p,
-                                          top_k=g.top_k, n=samples_each, stop=list(g.stop),
-                                          seed=mix_seed(self.cfg.seed, 0x9011C7, start))
-                rollout = self.rollout_engine.generate([self.task.prompt_text(self.tokenizer, it) for it in part],
-                                                       sampling, meta=[it.meta for it in part])
-                out += [(it.meta, rollout.responses[k * samples_each:(k + 1) * samples_each])
-                        for k, it in enumerate(part)]
-        return out
+            replies = sampled_replies(
+                self.rollout_engine, [self.task.prompt_text(self.tokenizer, it) for it in items],
+                sampling_params(g, samples_each), g.eval_batch_size // samples_each,
+                seed_of=lambda start: mix_seed(self.cfg.seed, 0x9011C7, start), meta=[it.meta for it in items],
+                progress=self.cfg.logging.progress and self.dist.is_main, desc="judge: policy samples")
+        return [(it.meta, r) for it, r in zip(items, replies)]
 
     def _draw(self) -> int:
         """The rollout seed input of the next prompts: advances with the sampler (also on skipped steps)."""

@@ -25,9 +25,10 @@ from tqdm.auto import tqdm
 
 from rlhf.dataset.math_data import judge_prompt
 from rlhf.eval.policy_eval import load_policy_engine
+from rlhf.judge.policy_pairs import ranking
 from rlhf.report.io import read_jsonl
 from rlhf.reward import build_reward
-from rlhf.rollout.base import SamplingParams
+from rlhf.rollout.base import sampled_replies, sampling_params
 from rlhf.task.math import MathTask
 from rlhf.task.math_grading import is_correct
 
@@ -60,33 +61,12 @@ def sample_replies(cfg: Any) -> List[Dict[str, str]]:
     items = items[: cfg.limit] if cfg.limit else items
     engine, tok = load_policy_engine(cfg)
     g = cfg.generation
-    chunk = max(1, g.eval_batch_size // cfg.samples)
-    rows: List[Dict[str, str]] = []
     with torch.no_grad():
-        for start in tqdm(range(0, len(items), chunk), desc="judge_on_policy: sampling", disable=None):
-            part = items[start:start + chunk]
-            sampling = SamplingParams(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p,
-                                      top_k=g.top_k, n=cfg.samples, stop=list(g.stop), seed=cfg.seed * 100_003 + start)
-            out = engine.generate([task.prompt_text(tok, it) for it in part], sampling)
-            for k, it in enumerate(part):
-                rows += [{"question": it.messages[-1]["content"], "answer": str(it.answer), "response": r}
-                         for r in out.responses[k * cfg.samples:(k + 1) * cfg.samples]]
-    return rows
-
-
-def ranking(scores: torch.Tensor, right: torch.Tensor, groups: List[int]) -> Dict[str, float]:
-    """group_accuracy (right vs wrong within a group id), auc (all right vs wrong pairs), ties counting 1/2."""
-    def frac(pairs_mask: torch.Tensor) -> Tuple[float, int]:
-        diff = scores[:, None] - scores[None, :]  # (i right, j wrong)
-        mask = pairs_mask & right[:, None] & ~right[None, :]
-        n = int(mask.sum())
-        won = float((diff[mask] > 0).sum()) + 0.5 * float((diff[mask] == 0).sum())
-        return (won / n if n else float("nan")), n
-
-    g = torch.tensor(groups)
-    group_acc, group_pairs = frac(g[:, None] == g[None, :])
-    auc, pairs = frac(torch.ones(len(groups), len(groups), dtype=torch.bool))
-    return {"group_accuracy": group_acc, "group_pairs": float(group_pairs), "auc": auc, "pairs": float(pairs)}
+        replies = sampled_replies(engine, [task.prompt_text(tok, it) for it in items], sampling_params(g, cfg.samples),
+                                  g.eval_batch_size // cfg.samples, seed_of=lambda start: cfg.seed * 100_003 + start,
+                                  progress=True, desc="judge_on_policy: sampling")
+    return [{"question": it.messages[-1]["content"], "answer": str(it.answer), "response": r}
+            for it, group in zip(items, replies) for r in group]
 
 
 def markdown(res: Dict[str, Any]) -> str:

@@ -26,6 +26,8 @@ import math
 import random
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+import torch
+
 from rlhf.task.math_grading import is_correct, reference_answer, with_final_answer
 
 SUBSET_VS_POLICY = "policy-vs-policy"
@@ -103,3 +105,20 @@ def mix_in(base: Sequence[Dict[str, Any]], extra: Sequence[Dict[str, Any]], frac
     want = math.ceil(fraction * len(base) / (1.0 - fraction))  # extra rows among len(base) + want
     copies = [extra[i % len(extra)] for i in range(max(want, len(extra)))]
     return base + copies
+
+
+def ranking(scores: torch.Tensor, right: torch.Tensor, groups: List[int]) -> Dict[str, float]:
+    """How scores rank graded replies, ties counting 1/2: group_accuracy over every (right, wrong) pair within a group
+    id (replies to one prompt: what a group-relative advantage sees), auc over all (right, wrong) pairs; nan without a
+    pair. task=judge_on_policy reports both; the judge reward logs group_accuracy per step."""
+    def frac(pairs_mask: torch.Tensor) -> Tuple[float, int]:
+        diff = scores[:, None] - scores[None, :]  # (i right, j wrong)
+        mask = pairs_mask & right[:, None] & ~right[None, :]
+        n = int(mask.sum())
+        won = float((diff[mask] > 0).sum()) + 0.5 * float((diff[mask] == 0).sum())
+        return (won / n if n else float("nan")), n
+
+    g = torch.tensor(groups)
+    group_acc, group_pairs = frac(g[:, None] == g[None, :])
+    auc, pairs = frac(torch.ones(len(groups), len(groups), dtype=torch.bool))
+    return {"group_accuracy": group_acc, "group_pairs": float(group_pairs), "auc": auc, "pairs": float(pairs)}

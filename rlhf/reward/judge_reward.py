@@ -34,7 +34,7 @@ from rlhf.judge.factory import (
     saved_scorer_in,
 )
 from rlhf.judge.io import MetricSink
-from rlhf.judge.policy_pairs import SUBSET_VS_POLICY, policy_pairs
+from rlhf.judge.policy_pairs import SUBSET_VS_POLICY, policy_pairs, ranking
 from rlhf.judge.prompts import guided_request, reference_of
 from rlhf.report.io import atomic_write_text
 from rlhf.reward.base import RewardOutput
@@ -69,14 +69,9 @@ def mean_where(values: torch.Tensor, mask: torch.Tensor) -> float:
 
 
 def group_ranking_accuracy(scores: torch.Tensor, correct: torch.Tensor, group_size: int) -> float:
-    """Over every (right, wrong) pair of replies to the same prompt (consecutive groups of group_size), the fraction
-    the scores rank right above wrong, a tie counting 1/2: what a group-relative advantage sees. nan without a pair."""
-    wins, pairs = 0.0, 0
-    for s, c in zip(scores.float().reshape(-1, group_size), correct.bool().reshape(-1, group_size)):
-        diff = s[c][:, None] - s[~c][None, :]  # (right, wrong)
-        wins += float((diff > 0).sum()) + 0.5 * float((diff == 0).sum())
-        pairs += diff.numel()
-    return wins / pairs if pairs else float("nan")
+    """policy_pairs.ranking's group_accuracy for a rollout: its groups are consecutive runs of group_size replies."""
+    groups = [i // group_size for i in range(scores.numel())]
+    return ranking(scores.float(), correct.bool(), groups)["group_accuracy"]
 
 
 class JudgeReward:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Optional, Protocol, Set, Tuple
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Dict, Iterable, List, Optional, Protocol, Set, Tuple
 
 import torch
 from tqdm.auto import tqdm
@@ -22,6 +22,13 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+
+def sampling_params(generation: Any, n: int) -> SamplingParams:
+    """The sampling settings of the run's generation.* keys (GenerationConfig) with n samples per prompt."""
+    g = generation
+    return SamplingParams(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p, top_k=g.top_k,
+                          n=n, stop=list(g.stop))
 
 
 @dataclass
@@ -94,3 +101,19 @@ def greedy_replies(engine: RolloutEngine, prompts: List[str], batch_size: int, m
         replies.extend(rollout.responses)
         lengths.extend(float(x) for x in rollout.response_lengths.tolist())
     return replies, lengths
+
+
+def sampled_replies(engine: RolloutEngine, prompts: List[str], sampling: SamplingParams, prompts_per_call: int,
+                    seed_of: Optional[Callable[[int], int]] = None, meta: Optional[List[Dict[str, Any]]] = None,
+                    progress: bool = False, desc: str = "sample") -> List[List[str]]:
+    """sampling.n sampled replies to each rendered prompt, prompts_per_call prompts per engine call; each call is seeded
+    with seed_of(index of its first prompt) when given (else sampling.seed). Outside the RL step: judge training data
+    (judge.policy_pairs) and task=judge_on_policy."""
+    out: List[List[str]] = []
+    step = max(1, prompts_per_call)
+    for start in tqdm(range(0, len(prompts), step), desc=desc, disable=not progress, leave=False):
+        part = prompts[start:start + step]
+        call = sampling if seed_of is None else replace(sampling, seed=seed_of(start))
+        rollout = engine.generate(part, call, meta=None if meta is None else meta[start:start + step])
+        out += [rollout.responses[k * sampling.n:(k + 1) * sampling.n] for k in range(len(part))]
+    return out
