@@ -195,6 +195,9 @@ def preference_markdown(results: Mapping[str, Any]) -> str:
              "| subset | n | accuracy |", "|---|---|---|"]
     for s, acc in results["subsets"].items():
         lines.append(f"| {s} | {results['counts'][s]} | {_fmt(acc)} |")
+    if "train_flipped_followed" in results:
+        lines += ["", f"Training pairs ranked as labelled: flipped {_fmt(results['train_flipped_followed'])} %, "
+                  f"clean {_fmt(results['train_clean_followed'])} %"]
     return "\n".join(lines) + "\n"
 
 
@@ -225,14 +228,17 @@ def read_score_file(path: str, what: str = "scores") -> List[Dict[str, Any]]:
     return rows
 
 
-def model_score_rows(cfg: Any) -> List[Dict[str, Any]]:
-    """Scores the test split of cfg.dataset with the judge/RM built from cfg (model mode)."""
+def model_score_rows(cfg: Any, extras: Optional[Dict[str, Any]] = None) -> List[Dict[str, Any]]:
+    """Scores the test split of cfg.dataset with the judge/RM built from cfg (model mode). ``extras`` receives what
+    training measured on the training pairs (a BT RM under dataset.label_noise: how far it follows the flipped labels)."""
     split = "filtered" if cfg.dataset.name == "rewardbench" else "test"
     data = load_pref_split(cfg.dataset, split)
     if cfg.limit and cfg.limit > 0:
         data = data.select(range(min(cfg.limit, len(data))))
     scorer = build_pair_scorer(cfg.reward, cfg.judge, cfg.model, cfg.hardware, checkpoint=cfg.checkpoint,
-                               seed=cfg.seed)
+                               seed=cfg.seed, dataset_cfg=cfg.dataset)
+    if extras is not None:
+        extras.update(getattr(scorer, "train_fit", None) or {})
     args = (list(data["prompt"]), list(data["chosen"]), list(data["rejected"]))
     rubrics = list(data["rubric"]) if "rubric" in data.column_names else []
     if any(rubrics) and hasattr(scorer, "prompter"):  # rows with their own rubric are judged with it
@@ -243,11 +249,11 @@ def model_score_rows(cfg: Any) -> List[Dict[str, Any]]:
             for s, c, r in zip(data["subset"], sc, sr)]
 
 
-def _rows_for(cfg: Any) -> Tuple[List[Dict[str, Any]], str]:
+def _rows_for(cfg: Any, extras: Optional[Dict[str, Any]] = None) -> Tuple[List[Dict[str, Any]], str]:
     """(score rows, where they came from: the culprit named in errors)."""
     if cfg.scores:
         return read_score_file(cfg.scores), f"scores: {cfg.scores}"
-    rows = model_score_rows(cfg)
+    rows = model_score_rows(cfg, extras)
     source = f"dataset.name: {cfg.dataset.name}"
     if not rows:
         raise ValueError(f"{source}: the test split has no pairs to score")
@@ -267,6 +273,8 @@ def run_task(cfg: Any) -> Tuple[Dict[str, Any], str]:
 
 
 def run_preference_task(cfg: Any) -> Tuple[Dict[str, Any], str]:
-    rows, _ = _rows_for(cfg)
+    fit: Dict[str, float] = {}
+    rows, _ = _rows_for(cfg, fit)
     results = preference_accuracy(rows)
+    results.update({k: 100.0 * v for k, v in fit.items()})  # percent, as accuracy
     return results, preference_markdown(results)

@@ -139,7 +139,7 @@ def model_rows(cfg: Any) -> List[Dict[str, Any]]:
         data = data[:cfg.limit]
     judge_cfg = cfg.judge if cfg.reward.name == "bt_rm" else judge_cfg_for_signal(cfg.judge, "pointwise")
     scorer = build_pair_scorer(cfg.reward, judge_cfg, cfg.model, cfg.hardware, checkpoint=cfg.checkpoint,
-                               seed=cfg.seed)
+                               seed=cfg.seed, dataset_cfg=cfg.dataset)
     prompts, replies, owner = [], [], []
     for i, r in enumerate(data):
         for reply in list(r["chosen"]) + list(r["rejected"]):

@@ -191,10 +191,33 @@ def train_bt_rm(rm: RewardModel, rows: Sequence[Dict[str, Any]], cfg: JudgeConfi
         scores = rm.score_ids(seqs)
         r_c, r_r = scores[:len(batch)], scores[len(batch):]
         out = {k: v for k, v in loss_of(r_c - r_r - cfg.margin).items() if v.dim() == 0}
-        return {**out, "accuracy": (r_c > r_r).float().mean(), "reward_margin": (r_c - r_r).mean()}
+        out.update(accuracy=(r_c > r_r).float().mean(), reward_margin=(r_c - r_r).mean())
+        flipped = torch.tensor([bool(r.get("label_flipped")) for r in batch], device=r_c.device)
+        if flipped.any():  # dataset.label_noise: how far the RM follows the flipped labels (memorises them)
+            out["flipped_fit"] = (r_c > r_r)[flipped].float().mean()
+        if (~flipped).any() and flipped.any():
+            out["clean_fit"] = (r_c > r_r)[~flipped].float().mean()
+        return out
 
     rm.train()
     history = fit_pairs([p for p in rm.parameters() if p.requires_grad], rows, cfg, seed, batch_loss, sink, dropped,
                         desc="bt_rm")
     rm.eval()
+    if history and any(r.get("label_flipped") for r in rows):
+        rm.train_fit = train_label_fit(rm, rows)  # read by rlhf.evaluate task=preference
+        history[-1].update(rm.train_fit)
+        log.info("bt_rm: after training it ranks %.0f %% of the flipped training pairs the flipped way and %.0f %% of "
+                 "the clean ones the labelled way", 100 * history[-1]["train_flipped_followed"],
+                 100 * history[-1]["train_clean_followed"])
     return history
+
+
+def train_label_fit(rm: Any, rows: Sequence[Dict[str, Any]]) -> Dict[str, float]:
+    """Share of the training pairs (as labelled, flips included) the RM ranks chosen above rejected, separately for
+    the rows flipped by dataset.label_noise and the clean ones: how far it memorised the flipped labels."""
+    sc, sr = rm.score_pairs([r["prompt"] for r in rows], [r["chosen"] for r in rows], [r["rejected"] for r in rows])
+    out: Dict[str, float] = {}
+    for key, want in (("train_flipped_followed", True), ("train_clean_followed", False)):
+        fit = [c > r for c, r, row in zip(sc, sr, rows) if bool(row.get("label_flipped")) == want]
+        out[key] = sum(fit) / len(fit) if fit else float("nan")
+    return out

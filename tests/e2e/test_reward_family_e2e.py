@@ -44,6 +44,22 @@ def test_routing_evaluation_writes_table_and_plot(tmp_path):
     assert out.with_suffix(".md").is_file() and out.with_suffix(".png").is_file()
 
 
+def test_preference_evaluation_reports_how_far_the_rm_follows_flipped_labels(tmp_path):
+    out = tmp_path / "prefs.json"
+    cmd = [sys.executable, "-m", "rlhf.evaluate", "task=preference", "model=tiny_random", "reward=bt_rm",
+           "reward.robust=r3m", "dataset=synthetic_prefs", "dataset.num_train=8", "dataset.num_test=6",
+           "dataset.label_noise=0.25", "judge.train_steps=2", "judge.batch_size=4", "judge.max_len=128",
+           f"output={out}", f"hydra.run.dir={tmp_path / 'h'}"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert res["n"] == 6 and 0.0 <= res["accuracy"] <= 100.0
+    # 2 of the 8 training pairs flipped: each share is a multiple of 1/2 (flipped) or 1/6 (clean)
+    assert res["train_flipped_followed"] in (0.0, 50.0, 100.0)
+    assert round(res["train_clean_followed"] * 6 / 100, 6) == round(res["train_clean_followed"] * 6 / 100)
+    assert "Training pairs ranked as labelled: flipped" in out.with_suffix(".md").read_text()
+
+
 def test_routed_and_hardened_robust_ensemble_rm_on_chat_prompts(tmp_path):
     """Chat prompts: routed (RM + rubric judge) and a bt_rm trained with R3M, two heads and master-key negatives."""
     common = ["dataset=synthetic_chat", "algo=grpo", "steps=1", "algo.prompts_per_step=2", "algo.samples_per_prompt=2",

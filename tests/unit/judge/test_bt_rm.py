@@ -19,6 +19,7 @@ from rlhf.judge.bt_rm import (
     last_token_index,
     load_reward_model,
     train_bt_rm,
+    train_label_fit,
 )
 from rlhf.model.tensors import pad_sequences
 
@@ -130,3 +131,39 @@ def test_flip_labels_swaps_an_exact_seeded_fraction():
     # a math run's judge trains on synthetic_prefs and keeps the run's label_noise
     via_math = training_pairs(DatasetConfig(name="synthetic_math", label_noise=0.1))
     assert sum(bool(r.get("label_flipped")) for r in via_math) == round(0.1 * len(via_math))
+
+
+class _SignRM(torch.nn.Module):
+    """A one-weight RM: score = w * (+1 for a reply starting "good", -1 otherwise)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.tensor(1.0))
+
+    def encode(self, prompt, response):
+        return [1.0 if response.startswith("good") else -1.0]
+
+    def score_ids(self, seqs):
+        return self.w * torch.tensor([s[0] for s in seqs])
+
+    def score_pairs(self, prompts, chosen, rejected):
+        with torch.no_grad():
+            return (self.score_ids([self.encode(p, c) for p, c in zip(prompts, chosen)]).tolist(),
+                    self.score_ids([self.encode(p, r) for p, r in zip(prompts, rejected)]).tolist())
+
+
+def test_train_bt_rm_logs_how_far_it_follows_flipped_labels():
+    clean = [{"prompt": f"p{i}", "chosen": f"good {i}", "rejected": f"bad {i}"} for i in range(6)]
+    flipped = [{"prompt": f"q{i}", "chosen": f"bad {i}", "rejected": f"good {i}", "label_flipped": True}
+               for i in range(2)]
+    cfg = JudgeConfig(train_steps=1, batch_size=8, lr=1e-3)
+    hist = train_bt_rm(_SignRM(), clean + flipped, cfg, seed=0)
+    # w = 1 ranks every "good" reply first: all 6 clean pairs fit, neither flipped pair does; 6/8 in all
+    assert hist[0]["clean_fit"] == 1.0 and hist[0]["flipped_fit"] == 0.0 and hist[0]["accuracy"] == 0.75
+    # one small step keeps w > 0: over the whole training set, no flipped label followed, every clean one
+    assert hist[-1]["train_flipped_followed"] == 0.0 and hist[-1]["train_clean_followed"] == 1.0
+    rm = _SignRM()
+    with torch.no_grad():
+        rm.w.fill_(-1.0)  # a model that memorised the flips and nothing else
+    assert train_label_fit(rm, clean + flipped) == {"train_flipped_followed": 1.0, "train_clean_followed": 0.0}
+    assert "flipped_fit" not in train_bt_rm(_SignRM(), clean, cfg, seed=0)[0]
