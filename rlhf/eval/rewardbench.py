@@ -197,7 +197,7 @@ def preference_markdown(results: Mapping[str, Any]) -> str:
         lines.append(f"| {s} | {results['counts'][s]} | {_fmt(acc)} |")
     if "train_flipped_followed" in results:
         lines += ["", f"Training pairs ranked as labelled: flipped {_fmt(results['train_flipped_followed'])} %, "
-                  f"clean {_fmt(results['train_clean_followed'])} %"]
+                  f"clean {_fmt(results.get('train_clean_followed'))} %"]
     return "\n".join(lines) + "\n"
 
 

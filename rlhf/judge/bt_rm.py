@@ -206,18 +206,20 @@ def train_bt_rm(rm: RewardModel, rows: Sequence[Dict[str, Any]], cfg: JudgeConfi
     if history and any(r.get("label_flipped") for r in rows):
         rm.train_fit = train_label_fit(rm, rows)  # read by rlhf.evaluate task=preference
         history[-1].update(rm.train_fit)
-        log.info("bt_rm: after training it ranks %.0f %% of the flipped training pairs the flipped way and %.0f %% of "
-                 "the clean ones the labelled way", 100 * history[-1]["train_flipped_followed"],
-                 100 * history[-1]["train_clean_followed"])
+        log.info("bt_rm: after training it ranks %s of the flipped training pairs the flipped way and %s of the clean "
+                 "ones the labelled way", *(f"{100 * rm.train_fit[k]:.0f} %" if k in rm.train_fit else "-"
+                                            for k in ("train_flipped_followed", "train_clean_followed")))
     return history
 
 
 def train_label_fit(rm: Any, rows: Sequence[Dict[str, Any]]) -> Dict[str, float]:
     """Share of the training pairs (as labelled, flips included) the RM ranks chosen above rejected, separately for
-    the rows flipped by dataset.label_noise and the clean ones: how far it memorised the flipped labels."""
+    the rows flipped by dataset.label_noise and the clean ones: how far it memorised the flipped labels. A group
+    with no rows has no key."""
     sc, sr = rm.score_pairs([r["prompt"] for r in rows], [r["chosen"] for r in rows], [r["rejected"] for r in rows])
     out: Dict[str, float] = {}
     for key, want in (("train_flipped_followed", True), ("train_clean_followed", False)):
         fit = [c > r for c, r, row in zip(sc, sr, rows) if bool(row.get("label_flipped")) == want]
-        out[key] = sum(fit) / len(fit) if fit else float("nan")
+        if fit:
+            out[key] = sum(fit) / len(fit)
     return out

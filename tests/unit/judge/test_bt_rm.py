@@ -167,3 +167,10 @@ def test_train_bt_rm_logs_how_far_it_follows_flipped_labels():
         rm.w.fill_(-1.0)  # a model that memorised the flips and nothing else
     assert train_label_fit(rm, clean + flipped) == {"train_flipped_followed": 1.0, "train_clean_followed": 0.0}
     assert "flipped_fit" not in train_bt_rm(_SignRM(), clean, cfg, seed=0)[0]
+
+
+def test_train_label_fit_leaves_out_a_group_without_rows():
+    rows = [{"prompt": "q", "chosen": "bad 1", "rejected": "good 1", "label_flipped": True}]
+    assert train_label_fit(_SignRM(), rows) == {"train_flipped_followed": 0.0}
+    hist = train_bt_rm(_SignRM(), rows, JudgeConfig(train_steps=1, batch_size=1, lr=1e-3))
+    assert "train_flipped_followed" in hist[-1] and "train_clean_followed" not in hist[-1]
