@@ -238,7 +238,7 @@ def model_score_rows(cfg: Any, extras: Optional[Dict[str, Any]] = None) -> List[
     scorer = build_pair_scorer(cfg.reward, cfg.judge, cfg.model, cfg.hardware, checkpoint=cfg.checkpoint,
                                seed=cfg.seed, dataset_cfg=cfg.dataset)
     if extras is not None:
-        extras.update(getattr(scorer, "train_fit", None) or {})
+        extras.update(getattr(scorer, "train_fit", {}))  # only a BT RM has it
     args = (list(data["prompt"]), list(data["chosen"]), list(data["rejected"]))
     rubrics = list(data["rubric"]) if "rubric" in data.column_names else []
     if any(rubrics) and hasattr(scorer, "prompter"):  # rows with their own rubric are judged with it

@@ -76,6 +76,8 @@ class RewardModel(torch.nn.Module):
         self.max_len = max_len
         self.lora = lora
         self.lora_layers = lora_layers
+        # set by train_bt_rm when some training labels are flipped (train_label_fit); read by rlhf.evaluate
+        self.train_fit: Dict[str, float] = {}
 
     @property
     def pad_id(self) -> int:
@@ -195,8 +197,8 @@ def train_bt_rm(rm: RewardModel, rows: Sequence[Dict[str, Any]], cfg: JudgeConfi
         flipped = torch.tensor([bool(r.get("label_flipped")) for r in batch], device=r_c.device)
         if flipped.any():  # dataset.label_noise: how far the RM follows the flipped labels (memorises them)
             out["flipped_fit"] = (r_c > r_r)[flipped].float().mean()
-        if (~flipped).any() and flipped.any():
-            out["clean_fit"] = (r_c > r_r)[~flipped].float().mean()
+            if not flipped.all():
+                out["clean_fit"] = (r_c > r_r)[~flipped].float().mean()
         return out
 
     rm.train()
@@ -204,7 +206,7 @@ def train_bt_rm(rm: RewardModel, rows: Sequence[Dict[str, Any]], cfg: JudgeConfi
                         desc="bt_rm")
     rm.eval()
     if history and any(r.get("label_flipped") for r in rows):
-        rm.train_fit = train_label_fit(rm, rows)  # read by rlhf.evaluate task=preference
+        rm.train_fit = train_label_fit(rm, rows)
         history[-1].update(rm.train_fit)
         log.info("bt_rm: after training it ranks %s of the flipped training pairs the flipped way and %s of the clean "
                  "ones the labelled way", *(f"{100 * rm.train_fit[k]:.0f} %" if k in rm.train_fit else "-"
