@@ -174,3 +174,42 @@ def test_train_label_fit_leaves_out_a_group_without_rows():
     assert train_label_fit(_SignRM(), rows) == {"train_flipped_followed": 0.0}
     hist = train_bt_rm(_SignRM(), rows, JudgeConfig(train_steps=1, batch_size=1, lr=1e-3))
     assert "train_flipped_followed" in hist[-1] and "train_clean_followed" not in hist[-1]
+
+
+def _two_copies(lora_layers):
+    """Two RMs with identical weights on a 3-layer tiny model, LoRA on the last lora_layers layers."""
+    model = ModelConfig(source="tiny_random")
+    model.tiny.num_hidden_layers = 3
+    cfg = JudgeConfig(max_len=64, lora_layers=lora_layers)
+    cfg.lora.dropout = 0.0
+    a, b = build_reward_model(model, cfg, seed=3), build_reward_model(model, cfg, seed=3)
+    b.load_state_dict(a.state_dict())
+    with torch.no_grad():  # make the adapters non-zero so the trainable layers matter
+        for (na, pa), (nb, pb) in zip(a.named_parameters(), b.named_parameters()):
+            if pa.requires_grad and "lora_B" in na:
+                pa.normal_(std=0.05)
+                pb.copy_(pa)
+    return a, b
+
+
+def test_frozen_prefix_cache_equals_full_forward_in_scores_and_gradients():
+    a, b = _two_copies(lora_layers=1)
+    fast = a.training_scorer()
+    assert fast.cache is not None and fast.cache.start == 2  # layers 0-1 frozen, layer 2 has LoRA
+    seqs = [a.encode("Add 2 and 3.", "2 + 3 = 5.\n#### 5"), a.encode("Hi", "Hello! How can I help?"),
+            a.encode("Name a colour.", "Blue")]
+    a.train(), b.train()
+    for _ in range(2):  # second pass reads the cache
+        sa, sb = fast(seqs), b.score_ids(seqs)
+        assert torch.allclose(sa, sb, atol=1e-5), (sa, sb)
+    assert fast.cache.misses == 3 and fast.cache.hits == 3 + 3  # the first-batch check scores once more
+    (sa * torch.tensor([1.0, -2.0, 0.5])).sum().backward()
+    (sb * torch.tensor([1.0, -2.0, 0.5])).sum().backward()
+    grads = [(na, pa.grad, pb.grad) for (na, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters())
+             if pa.requires_grad]
+    assert grads and all(ga is not None and torch.allclose(ga, gb, atol=1e-5) for _, ga, gb in grads)
+
+
+def test_frozen_prefix_cache_is_off_when_every_layer_trains():
+    a, _ = _two_copies(lora_layers=0)  # LoRA on all layers: nothing to cache
+    assert getattr(a.training_scorer(), "cache", None) is None
