@@ -28,7 +28,7 @@ from rlhf.judge.io import (
 from rlhf.judge.lora_judge import attach_lora
 from rlhf.judge.pair_losses import bt_pair_loss
 from rlhf.judge.prompts import clip_ids
-from rlhf.model.frozen_prefix import FrozenPrefixForward
+from rlhf.model.frozen_prefix import FrozenPrefixForward, verified_scorer
 from rlhf.model.load import load_causal_lm
 from rlhf.model.tensors import pad_sequences
 from rlhf.report.io import atomic_save_dir
@@ -104,38 +104,9 @@ class RewardModel(torch.nn.Module):
 
     def training_scorer(self) -> Callable[[Sequence[Sequence[int]]], torch.Tensor]:
         """score_ids for training, with the frozen lower layers' output computed once per sequence when LoRA sits on
-        the top layers only (rlhf.model.frozen_prefix; several epochs then cost a fraction of the forward). The first
-        batch is scored both ways (eval mode, no grad); on a mismatch it falls back to score_ids with a warning."""
-        fast = FrozenPrefixForward.for_backbone(self.backbone, self.pad_id)
-        if fast is None:
-            return self.score_ids
-        state = {"checked": False, "use": True}
-
-        def cached(seqs: Sequence[Sequence[int]]) -> torch.Tensor:
-            hidden, mask = fast(seqs, self.device)
-            return self.head_scores(hidden, mask)
-
-        def score(seqs: Sequence[Sequence[int]]) -> torch.Tensor:
-            if not state["checked"]:
-                state["checked"] = True
-                was_training = self.training
-                self.eval()
-                with torch.no_grad():
-                    a, b = cached(seqs), self.score_ids(seqs)
-                self.train(was_training)
-                tol = 1e-3 if a.dtype == torch.float32 and self.head.weight.dtype == torch.float32 else 5e-2
-                gap = float((a - b).abs().max())
-                state["use"] = gap <= tol * max(1.0, float(b.abs().max()))
-                if state["use"]:
-                    log.info("bt_rm: layers 0-%d are frozen; their output is computed once per training sequence "
-                             "(max score gap to the full forward %.1e)", fast.start - 1, gap)
-                else:
-                    log.warning("bt_rm: the frozen-layer cache disagrees with the full forward (max score gap %.3g);"
-                                " training with full forwards", gap)
-            return cached(seqs) if state["use"] else self.score_ids(seqs)
-
-        score.cache = fast  # type: ignore[attr-defined]  (tests and logs read hits/misses)
-        return score
+        the top layers only (rlhf.model.frozen_prefix.verified_scorer)."""
+        return verified_scorer(self, FrozenPrefixForward.for_backbone(self.backbone, self.pad_id), self.head_scores,
+                               self.score_ids, "bt_rm")
 
     def encode(self, prompt: str, response: str) -> List[int]:
         return encode_response(self.tok, prompt, response, self.max_len)
@@ -225,7 +196,7 @@ def train_bt_rm(rm: RewardModel, rows: Sequence[Dict[str, Any]], cfg: JudgeConfi
     rows, dropped = drop_identical_pairs(rows)
     sink = log_fn if log_fn is not None else MetricSink()
     loss_of = pair_loss if pair_loss is not None else bt_pair_loss
-    score_ids = rm.training_scorer() if isinstance(rm, RewardModel) else rm.score_ids
+    score_ids = rm.training_scorer() if hasattr(rm, "training_scorer") else rm.score_ids
 
     def batch_loss(batch: List[Dict[str, Any]]) -> Dict[str, torch.Tensor]:
         seqs = [rm.encode(r["prompt"], r["chosen"]) for r in batch] + [rm.encode(r["prompt"], r["rejected"])

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -24,6 +24,7 @@ from rlhf.config import JudgeConfig, LoraConfig, ModelConfig
 from rlhf.judge.bt_rm import META, encode_response, last_token_index
 from rlhf.judge.io import read_checkpoint_meta, write_json
 from rlhf.judge.lora_judge import peft_lora_config, top_layers
+from rlhf.model.frozen_prefix import FrozenPrefixForward, verified_scorer
 from rlhf.model.load import load_causal_lm
 from rlhf.model.tensors import pad_sequences
 from rlhf.report.io import atomic_save_dir
@@ -56,6 +57,8 @@ class RMEnsemble(nn.Module):
         self.tok, self.max_len, self.lora_layers = tokenizer, max_len, lora_layers
         self.agg, self.beta = agg, beta
         self.last_metrics: dict = {}
+        # frozen lower layers' output per training sequence, shared by the members (EnsembleMember.training_scorer)
+        self.frozen_prefix: Optional[FrozenPrefixForward] = None
 
     @property
     def pad_id(self) -> int:
@@ -159,6 +162,20 @@ class EnsembleMember:
     def score_ids(self, seqs: Sequence[Sequence[int]]) -> torch.Tensor:
         ids, mask = pad_sequences(seqs, self.ens.pad_id, side="right")
         return self.ens.member_forward(self.k, ids.to(self.ens.device), mask.to(self.ens.device))
+
+    def training_scorer(self) -> Callable[[Sequence[Sequence[int]]], torch.Tensor]:
+        """score_ids, with the frozen lower layers' output computed once per sequence and shared by all members
+        (rlhf.model.frozen_prefix: the frozen layers carry no adapter, so every member sees the same output)."""
+        if self.ens.frozen_prefix is None:
+            self.ens.frozen_prefix = FrozenPrefixForward.for_backbone(self.ens.backbone, self.ens.pad_id)
+        head = self.ens.heads[self.k]
+
+        def head_scores(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last_token_index(mask)]
+            return head(last.to(head.weight.dtype)).squeeze(-1).float()
+
+        return verified_scorer(self.ens, self.ens.frozen_prefix, head_scores, self.score_ids,
+                               f"bt_rm ensemble member {self.k}")
 
     def parameters(self) -> Iterator[nn.Parameter]:
         return (p for p in self.ens.parameters() if p.requires_grad)

@@ -11,12 +11,15 @@ returns None otherwise, and callers check the first batch against the full forwa
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence, Tuple
+import logging
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 from transformers.masking_utils import create_causal_mask
 
 from rlhf.model.tensors import pad_sequences
+
+log = logging.getLogger(__name__)
 
 
 def first_trainable_layer(model: torch.nn.Module) -> int:
@@ -96,3 +99,42 @@ class FrozenPrefixForward:
             hidden[row, :len(key)] = frozen[key]
             mask[row, :len(key)] = 1
         return self.model.norm(self._layers(hidden, mask, self.start, len(self.model.layers))), mask
+
+
+Scorer = Callable[[Sequence[Sequence[int]]], torch.Tensor]
+
+
+def verified_scorer(module: torch.nn.Module, fast: Optional[FrozenPrefixForward],
+                    head: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], full: Scorer, name: str) -> Scorer:
+    """A training scorer: ``head(*fast(seqs))`` when ``fast`` is given and agrees with ``full(seqs)`` on the first
+    batch (both run once in eval mode without grad, so dropout does not differ), else ``full``. The returned function
+    carries ``.cache`` (the FrozenPrefixForward or None) for its hit/miss counts."""
+    if fast is None:
+        return full
+    state = {"checked": False, "use": True}
+
+    def cached(seqs: Sequence[Sequence[int]]) -> torch.Tensor:
+        device = next(module.parameters()).device
+        return head(*fast(seqs, device))
+
+    def score(seqs: Sequence[Sequence[int]]) -> torch.Tensor:
+        if not state["checked"]:
+            state["checked"] = True
+            was_training = module.training
+            module.eval()
+            with torch.no_grad():
+                a, b = cached(seqs), full(seqs)
+            module.train(was_training)
+            gap = float((a - b).abs().max())
+            tol = 1e-3 if fast.model.embed_tokens.weight.dtype == torch.float32 else 5e-2
+            state["use"] = gap <= tol * max(1.0, float(b.abs().max()))
+            if state["use"]:
+                log.info("%s: layers 0-%d are frozen; their output is computed once per training sequence (max "
+                         "score gap to the full forward %.1e)", name, fast.start - 1, gap)
+            else:
+                log.warning("%s: the frozen-layer cache disagrees with the full forward (max score gap %.3g); "
+                            "training with full forwards", name, gap)
+        return cached(seqs) if state["use"] else full(seqs)
+
+    score.cache = fast  # type: ignore[attr-defined]
+    return score

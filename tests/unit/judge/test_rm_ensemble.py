@@ -59,3 +59,25 @@ def test_trained_ensemble_ranks_pairs_saves_and_loads(tmp_path):
     via_factory = build_pair_scorer(RewardConfig(name="bt_rm", ensemble_agg="mean"), jc, TINY,
                                     checkpoint=str(tmp_path / "rm"))
     assert via_factory.agg == "mean" and len(via_factory.members) == 2  # size from the checkpoint, agg from config
+
+
+def test_members_share_the_frozen_layer_cache_and_match_the_full_forward():
+    model = ModelConfig(source="tiny_random")
+    model.tiny.num_hidden_layers = 3
+    cfg = JudgeConfig(max_len=64, lora_layers=1)
+    cfg.lora.dropout = 0.0
+    ens = build_rm_ensemble(model, cfg, k=2, seed=0)
+    seqs = [ens.encode("Add 2 and 3.", "5"), ens.encode("Hi", "Hello there")]
+    for k in range(2):
+        with ens.member(k) as m:
+            with torch.no_grad():  # non-zero adapters, so the members differ in their top layer
+                for n, p in ens.backbone.named_parameters():
+                    if p.requires_grad and "lora_B" in n:
+                        p.normal_(std=0.05)
+            fast = m.training_scorer()
+            assert fast.cache is ens.frozen_prefix and fast.cache.start == 2
+            got = fast(seqs)
+            assert torch.allclose(got, m.score_ids(seqs), atol=1e-5)
+            got.sum().backward()  # gradients reach the member's adapter through the cached path
+            assert all(p.grad is not None for n, p in ens.backbone.named_parameters() if p.requires_grad)
+    assert ens.frozen_prefix.misses == 2  # member 1 reads member 0's frozen-layer outputs
