@@ -213,3 +213,18 @@ def test_frozen_prefix_cache_equals_full_forward_in_scores_and_gradients():
 def test_frozen_prefix_cache_is_off_when_every_layer_trains():
     a, _ = _two_copies(lora_layers=0)  # LoRA on all layers: nothing to cache
     assert getattr(a.training_scorer(), "cache", None) is None
+
+
+def test_frozen_prefix_cache_falls_back_to_the_full_forward_when_it_cannot_run(caplog):
+    a, b = _two_copies(lora_layers=1)
+    fast = a.training_scorer()
+
+    def broken(*args, **kwargs):
+        raise TypeError("unexpected keyword argument")
+
+    fast.cache._layers = broken
+    seqs = [a.encode("Hi", "Hello")]
+    with caplog.at_level("WARNING"):
+        got = fast(seqs)
+    assert "full forwards" in caplog.text
+    assert torch.allclose(got, b.score_ids(seqs), atol=1e-5)
