@@ -215,6 +215,7 @@ def train_rm_ensemble(reward_cfg: RewardConfig, judge_cfg: JudgeConfig, model_cf
         log.info("bt_rm ensemble: training member %d/%d", k + 1, reward_cfg.ensemble)
         with ens.member(k) as member:
             train_bt_rm(member, rows, judge_cfg, seed + k, sink, pair_loss=loss)
+    ens.frozen_prefix = None  # the members' shared frozen-layer cache is for training only: free it
     ens.eval()
     if train_dir is not None:
         ens.save(train_dir, model_cfg, judge_cfg.lora)

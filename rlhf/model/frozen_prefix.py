@@ -6,7 +6,7 @@ computes it the first time a sequence is seen (no grad) and keeps it; later visi
 layers and the final norm. The decoder loop is the model's own (its rotary embedding, ``create_causal_mask`` on the
 same attention mask, the same layer call), so the result equals a full forward up to float rounding. Only
 Llama-style backbones (``embed_tokens``, ``layers``, ``rotary_emb``, ``norm``) are supported; ``for_backbone``
-returns None otherwise, and callers check the first batch against the full forward (``agrees``) before relying on it.
+returns None otherwise, and ``verified_scorer`` checks the first batch against the full forward before relying on it.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ def first_trainable_layer(model: torch.nn.Module) -> int:
 
 
 class FrozenPrefixForward:
-    """Last hidden states of right- or left-padded batches, with the frozen lower layers' output cached per
-    sequence. ``max_bytes`` bounds the cache; past it, sequences not cached yet run the frozen layers every time."""
+    """Last hidden states of batches of token sequences (right-padded), with the frozen lower layers' output cached
+    per sequence. ``max_bytes`` bounds the cache; past it, sequences not cached yet run the frozen layers every time."""
 
     def __init__(self, model: torch.nn.Module, start: int, pad_id: int, max_bytes: int = 4 << 30):
         self.model, self.start, self.pad_id, self.max_bytes = model, start, pad_id, max_bytes
