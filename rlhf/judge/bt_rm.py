@@ -65,6 +65,12 @@ def last_token_index(mask: torch.Tensor) -> torch.Tensor:
     return mask.sum(-1) - 1
 
 
+def last_token_scores(head: torch.nn.Module, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B,) float32: a scalar head on the hidden state of each right-padded row's last real token."""
+    last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last_token_index(attention_mask)]
+    return head(last.to(head.weight.dtype)).squeeze(-1).float()
+
+
 class RewardModel(torch.nn.Module):
     def __init__(self, backbone: torch.nn.Module, tokenizer: Any, hidden_size: int, max_len: int = 768,
                  lora: bool = False, lora_layers: int = 0):
@@ -93,10 +99,7 @@ class RewardModel(torch.nn.Module):
         return self.head_scores(out.last_hidden_state, attention_mask)
 
     def head_scores(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """(B,) float32: the head on the hidden state of each right-padded row's last real token."""
-        idx = last_token_index(attention_mask)
-        last = hidden[torch.arange(hidden.shape[0], device=hidden.device), idx]
-        return self.head(last.to(self.head.weight.dtype)).squeeze(-1).float()
+        return last_token_scores(self.head, hidden, attention_mask)
 
     def score_ids(self, seqs: Sequence[Sequence[int]]) -> torch.Tensor:
         ids, mask = pad_sequences(seqs, self.pad_id, side="right")

@@ -21,7 +21,7 @@ from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state
 from safetensors.torch import load_file, save_file
 
 from rlhf.config import JudgeConfig, LoraConfig, ModelConfig
-from rlhf.judge.bt_rm import META, encode_response, last_token_index
+from rlhf.judge.bt_rm import META, encode_response, last_token_scores
 from rlhf.judge.io import read_checkpoint_meta, write_json
 from rlhf.judge.lora_judge import peft_lora_config, top_layers
 from rlhf.model.frozen_prefix import FrozenPrefixForward, verified_scorer
@@ -87,8 +87,7 @@ class RMEnsemble(nn.Module):
 
     def member_forward(self, k: int, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-        last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last_token_index(attention_mask)]
-        return self.heads[k](last.to(self.heads[k].weight.dtype)).squeeze(-1).float()
+        return last_token_scores(self.heads[k], hidden, attention_mask)
 
     def member_scores(self, prompts: Sequence[str], responses: Sequence[str], batch_size: int = 8) -> torch.Tensor:
         """(K, N) member scores, no gradients."""
@@ -169,13 +168,8 @@ class EnsembleMember:
         if self.ens.frozen_prefix is None:
             self.ens.frozen_prefix = FrozenPrefixForward.for_backbone(self.ens.backbone, self.ens.pad_id)
         head = self.ens.heads[self.k]
-
-        def head_scores(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-            last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last_token_index(mask)]
-            return head(last.to(head.weight.dtype)).squeeze(-1).float()
-
-        return verified_scorer(self.ens, self.ens.frozen_prefix, head_scores, self.score_ids,
-                               f"bt_rm ensemble member {self.k}")
+        return verified_scorer(self.ens, self.ens.frozen_prefix, lambda h, m: last_token_scores(head, h, m),
+                               self.score_ids, f"bt_rm ensemble member {self.k}")
 
     def parameters(self) -> Iterator[nn.Parameter]:
         return (p for p in self.ens.parameters() if p.requires_grad)
