@@ -220,7 +220,7 @@ def train_bt_rm(rm: RewardModel, rows: Sequence[Dict[str, Any]], cfg: JudgeConfi
                         desc="bt_rm")
     rm.eval()
     if history and any(r.get("label_flipped") for r in rows):
-        rm.train_fit = train_label_fit(rm, rows)
+        rm.train_fit = train_label_fit(rm, rows, score_ids)
         history[-1].update(rm.train_fit)
         log.info("bt_rm: after training it ranks %s of the flipped training pairs the flipped way and %s of the clean "
                  "ones the labelled way", *(f"{100 * rm.train_fit[k]:.0f} %" if k in rm.train_fit else "-"
@@ -228,11 +228,28 @@ def train_bt_rm(rm: RewardModel, rows: Sequence[Dict[str, Any]], cfg: JudgeConfi
     return history
 
 
-def train_label_fit(rm: Any, rows: Sequence[Dict[str, Any]]) -> Dict[str, float]:
+def train_label_fit(rm: Any, rows: Sequence[Dict[str, Any]],
+                    score_ids: Optional[Callable[[Sequence[Sequence[int]]], torch.Tensor]] = None,
+                    batch_size: int = 8) -> Dict[str, float]:
     """Share of the training pairs (as labelled, flips included) the RM ranks chosen above rejected, separately for
     the rows flipped by dataset.label_noise and the clean ones: how far it memorised the flipped labels. A group
-    with no rows has no key."""
-    sc, sr = rm.score_pairs([r["prompt"] for r in rows], [r["chosen"] for r in rows], [r["rejected"] for r in rows])
+    with no rows has no key. ``score_ids`` (train_bt_rm passes its training scorer, which reads the frozen-layer
+    cache of these very sequences) scores encoded sequences in eval mode without grad; else ``rm.score_pairs``."""
+    if score_ids is None:
+        sc, sr = rm.score_pairs([r["prompt"] for r in rows], [r["chosen"] for r in rows],
+                                [r["rejected"] for r in rows])
+    else:
+        sc, sr = [], []
+        was_training = rm.training
+        rm.eval()
+        with torch.no_grad():
+            for s in range(0, len(rows), batch_size):
+                batch = rows[s:s + batch_size]
+                scores = score_ids([rm.encode(r["prompt"], r["chosen"]) for r in batch]
+                                   + [rm.encode(r["prompt"], r["rejected"]) for r in batch]).float().cpu()
+                sc += scores[:len(batch)].tolist()
+                sr += scores[len(batch):].tolist()
+        rm.train(was_training)
     out: Dict[str, float] = {}
     for key, want in (("train_flipped_followed", True), ("train_clean_followed", False)):
         fit = [c > r for c, r, row in zip(sc, sr, rows) if bool(row.get("label_flipped")) == want]

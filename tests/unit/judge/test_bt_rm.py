@@ -228,3 +228,16 @@ def test_frozen_prefix_cache_falls_back_to_the_full_forward_when_it_cannot_run(c
         got = fast(seqs)
     assert "full forwards" in caplog.text
     assert torch.allclose(got, b.score_ids(seqs), atol=1e-5)
+
+
+def test_train_label_fit_reads_the_frozen_layer_cache_and_agrees_with_the_full_forward():
+    a, _ = _two_copies(lora_layers=1)
+    rows = [{"prompt": f"Add {i} and 3.", "chosen": f"{i} + 3 = {i + 3}.", "rejected": f"{i} + 3 = {i + 4}.",
+             "label_flipped": i % 3 == 0} for i in range(7)]
+    fast = a.training_scorer()
+    fast([a.encode(r["prompt"], r[k]) for r in rows for k in ("chosen", "rejected")])  # as training would
+    hits = fast.cache.hits
+    got = train_label_fit(a, rows, fast, batch_size=3)
+    assert fast.cache.hits == hits + 14 and fast.cache.misses == 14  # every sequence read from the cache
+    assert got == train_label_fit(a, rows)  # same verdicts as rm.score_pairs' full forward
+    assert set(got) == {"train_flipped_followed", "train_clean_followed"}
