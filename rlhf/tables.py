@@ -8,7 +8,9 @@ not reproduce. Each row x seed runs as its own process with its exact command re
 when the same command runs again (``reuse``), and a row whose command differs from a finished row of another table
 only in where it writes (``output=``, ``hydra.run.dir=``) takes that row's result (``twin_of``: Table 2's 0- and
 6-demonstration and rank-16 rows are Table 1's). Writes ``<out_dir>/<name>.json`` and ``.md``: mean and spread over
-seeds, the paper's column, wall time per row, the commands, the machine and its load.
+seeds, the paper's column, wall time per row, the commands, the machine and its load. A row with ``baseline: <label>``
+also gets its paired difference to that row in the first column, seed by seed (for tables whose rows of one seed share
+their data, where the paired difference is the evidence and separated means are not).
 
 Paper scale is the same file with the scale overrides appended to every row:
 ``python -m rlhf.tables experiment=table_actor 'extra=[model=qwen2_5_7b_lora,dataset=gsm8k,hardware=zero3_gpu]'``.
@@ -50,6 +52,9 @@ class TableRow:
     entry: Optional[str] = None  # another entry point for this row (e.g. the base model's row: evaluate)
     common: bool = True  # false: this row takes neither table.common nor table.quick (it runs another entry point)
     quick: List[str] = field(default_factory=list)  # this row's own quick-setting overrides
+    # another row's label: the markdown adds this row's paired difference to it in the first column, seed by seed
+    # (rows whose seeds share data, e.g. dataset.seed=${seed}, compare paired rather than by separated means)
+    baseline: Optional[str] = None
 
 
 @dataclass
@@ -105,6 +110,10 @@ def spec_errors(t: TableSpec) -> List[str]:
     labels = [r.label for r in t.rows]
     if len(set(labels)) != len(labels):
         errors.append(f"table.rows: duplicate labels {sorted({x for x in labels if labels.count(x) > 1})}")
+    for i, r in enumerate(t.rows):
+        if r.baseline is not None and (r.baseline not in labels or r.baseline == r.label):
+            errors.append(f"table.rows[{i}].baseline: {r.baseline!r} is not another row of this table "
+                          f"(a rows subset must keep the baseline rows)")
     unknown = [k for k in t.paper if k not in labels]
     if unknown:
         errors.append(f"table.paper: rows {unknown} are not in table.rows")
@@ -171,6 +180,20 @@ def mean_spread(xs: List[float]) -> Dict[str, Optional[float]]:
     return {"mean": statistics.fmean(xs), "std": statistics.stdev(xs) if len(xs) > 1 else None, "n": len(xs)}
 
 
+def paired(row: Dict[str, Any], base: Dict[str, Any], column: str) -> Dict[str, Any]:
+    """row minus base in ``column``, seed by seed over the seeds both have: mean, sd and the per-seed differences."""
+    mine, theirs = row["by_seed"][column], base["by_seed"][column]
+    seeds = [s for s in mine if s in theirs and mine[s] is not None and theirs[s] is not None]
+    diffs = [mine[s] - theirs[s] for s in seeds]
+    return {"baseline": base["label"], "column": column, "seeds": seeds, "diffs": diffs, **mean_spread(diffs)}
+
+
+def fmt_paired(p: Optional[Dict[str, Any]]) -> str:
+    if not p or p["mean"] is None:
+        return "-"
+    return f"{p['mean']:+.1f} ({', '.join(f'{d:+.1f}' for d in p['diffs'])}) vs {p['baseline']}"
+
+
 def fmt(ms: Dict[str, Optional[float]]) -> str:
     if ms["mean"] is None:
         return "-"
@@ -186,6 +209,7 @@ def machine() -> Dict[str, Any]:
 def markdown(res: Dict[str, Any]) -> str:
     cols = [c["label"] for c in res["columns"]]
     paper = res["paper"]
+    with_pairs = any(r.get("paired") for r in res["rows"])
     lines = [f"# {res['title'] or res['name']}", "", res["note"], "" if res["note"] else "",
              f"Scale: {res['scale']}; seeds {res['seeds']}; {res['date']}; machine: {res['machine_start']['cpus']} "
              f"CPUs, load {res['machine_start']['loadavg_1_5_15']} at start, {res['machine_end']['loadavg_1_5_15']} "
@@ -196,8 +220,14 @@ def markdown(res: Dict[str, Any]) -> str:
              + ".", "",
              "| row | " + " | ".join(cols) + " | wall s |" + (" paper |" if paper else ""),
              "|---|" + "---|" * (len(cols) + 1 + (1 if paper else 0))]
+    if with_pairs:
+        cols_head = [cols[0], f"{cols[0]}: minus the baseline row, same seed (per seed)", *cols[1:]]
+        lines[-2:] = ["| row | " + " | ".join(cols_head) + " | wall s |" + (" paper |" if paper else ""),
+                      "|---|" + "---|" * (len(cols_head) + 1 + (1 if paper else 0))]
     for r in res["rows"]:
         cells = [fmt(r["columns"][c]) for c in cols]
+        if with_pairs:
+            cells.insert(1, fmt_paired(r.get("paired")))
         p = paper.get(r["label"], {})
         ptxt = ", ".join(f"{k} {v}" for k, v in p.items()) if p else "-"
         lines.append(f"| {r['label']} | " + " | ".join(cells) + f" | {r['wall_seconds']:.0f} |"
@@ -226,6 +256,7 @@ def run_table(cfg: TablesConfig, argv: Optional[List[str]] = None) -> Dict[str, 
     done = reused = 0
     for row in t.rows:
         values: Dict[str, List[Optional[float]]] = {c.label: [] for c in t.columns}
+        by_seed: Dict[str, Dict[int, Optional[float]]] = {c.label: {} for c in t.columns}
         commands, wall, failed = [], 0.0, False
         for seed in t.seeds:
             run_dir = runs / f"{slug(row.label)}_s{seed}"
@@ -276,9 +307,16 @@ def run_table(cfg: TablesConfig, argv: Optional[List[str]] = None) -> Dict[str, 
             for c in t.columns:
                 v = dig(data, c.key)
                 values[c.label].append(None if v is None else v * c.scale)
+                by_seed[c.label][seed] = values[c.label][-1]
         rows_out.append({"label": row.label, "overrides": list(row.overrides), "commands": commands,
-                         "values": values, "columns": {k: mean_spread(v) for k, v in values.items()},
-                         "wall_seconds": wall, "failed": failed})
+                         "values": values, "by_seed": by_seed,
+                         "columns": {k: mean_spread(v) for k, v in values.items()},
+                         "wall_seconds": wall, "failed": failed, "baseline": row.baseline})
+    if not cfg.dry_run:
+        named = {r["label"]: r for r in rows_out}
+        for r in rows_out:
+            if r["baseline"] is not None:
+                r["paired"] = paired(r, named[r["baseline"]], t.columns[0].label)
     res = {"name": t.name, "title": t.title, "note": t.note, "entry": t.entry, "seeds": list(t.seeds),
            "columns": [{"key": c.key, "label": c.label, "scale": c.scale} for c in t.columns],
            "paper": {k: dict(v) for k, v in t.paper.items()}, "paper_source": t.paper_source,

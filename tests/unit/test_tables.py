@@ -86,6 +86,34 @@ def test_a_row_identical_to_another_tables_finished_row_takes_its_result(tmp_pat
     assert run_table(cfg)["reused"] == 1  # the second time it is this table's own finished row
 
 
+def test_a_baseline_row_gives_the_paired_difference_seed_by_seed(tmp_path):
+    """Finished runs of two rows x 3 seeds (one seed of the robust row missing): the robust row's paired difference to
+    BT is taken over the seeds both have, and the markdown shows its mean and per-seed values."""
+    rows = [TableRow(label="BT", overrides=["reward.robust=none"]),
+            TableRow(label="R3M", overrides=["reward.robust=r3m"], baseline="BT")]
+    spec = TableSpec(name="robust", common=["task=preference"], rows=rows, seeds=[0, 1, 2],
+                     columns=[TableColumn(key="accuracy", label="acc"), TableColumn(key="n", label="n")])
+    cfg = TablesConfig(table=spec, out_dir=str(tmp_path), python="false")  # a run that is not finished fails
+    acc = {("BT", 0): 70.0, ("BT", 1): 75.0, ("BT", 2): 80.0, ("R3M", 0): 72.5, ("R3M", 2): 79.0}
+    for (label, seed), value in acc.items():
+        run_dir = tmp_path / "runs" / "robust" / f"{label.lower()}_s{seed}"
+        run_dir.mkdir(parents=True)
+        cmd = row_command(cfg, rows[label == "R3M"], seed, run_dir)
+        (run_dir / "table_command.txt").write_text(" ".join(["python", *cmd[1:]]))
+        (run_dir / "result.json").write_text(f'{{"accuracy": {value}, "n": 200}}')
+    res = run_table(cfg)
+    bt, r3m = res["rows"]
+    assert "paired" not in bt and r3m["failed"]  # seed 1 of R3M did not run (python=false)
+    assert r3m["paired"]["seeds"] == [0, 2] and r3m["paired"]["diffs"] == [2.5, -1.0]
+    assert r3m["paired"]["mean"] == pytest.approx(0.75)
+    md = markdown(res)
+    assert "| acc | acc: minus the baseline row, same seed (per seed) | n |" in md
+    assert "| R3M | 75.8 ± 4.6 | +0.8 (+2.5, -1.0) vs BT | 200.0 ± 0.0 |" in md and "| BT | 75.0 ± 5.0 | - |" in md
+    cfg.table.rows = [rows[1]]  # a subset without its baseline row is refused with the key named
+    with pytest.raises(ValueError, match=r"table.rows\[0\].baseline: 'BT'"):
+        run_table(cfg)
+
+
 def test_markdown_has_rows_paper_column_and_commands():
     res = {"name": "t", "title": "T", "note": "what it shows", "columns": [{"label": "acc"}], "paper": {"a": {"acc": 9}},
            "paper_source": "the paper", "scale": "embedded", "seeds": [0, 1], "date": "2026-11-29",
