@@ -312,11 +312,10 @@ def run_table(cfg: TablesConfig, argv: Optional[List[str]] = None) -> Dict[str, 
                          "values": values, "by_seed": by_seed,
                          "columns": {k: mean_spread(v) for k, v in values.items()},
                          "wall_seconds": wall, "failed": failed, "baseline": row.baseline})
-    if not cfg.dry_run:
-        named = {r["label"]: r for r in rows_out}
-        for r in rows_out:
-            if r["baseline"] is not None:
-                r["paired"] = paired(r, named[r["baseline"]], t.columns[0].label)
+    named = {r["label"]: r for r in rows_out}
+    for r in rows_out:
+        if r["baseline"] is not None:
+            r["paired"] = paired(r, named[r["baseline"]], t.columns[0].label)
     res = {"name": t.name, "title": t.title, "note": t.note, "entry": t.entry, "seeds": list(t.seeds),
            "columns": [{"key": c.key, "label": c.label, "scale": c.scale} for c in t.columns],
            "paper": {k: dict(v) for k, v in t.paper.items()}, "paper_source": t.paper_source,

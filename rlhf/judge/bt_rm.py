@@ -233,23 +233,21 @@ def train_label_fit(rm: Any, rows: Sequence[Dict[str, Any]],
                     batch_size: int = 8) -> Dict[str, float]:
     """Share of the training pairs (as labelled, flips included) the RM ranks chosen above rejected, separately for
     the rows flipped by dataset.label_noise and the clean ones: how far it memorised the flipped labels. A group
-    with no rows has no key. ``score_ids`` (train_bt_rm passes its training scorer, which reads the frozen-layer
-    cache of these very sequences) scores encoded sequences in eval mode without grad; else ``rm.score_pairs``."""
-    if score_ids is None:
-        sc, sr = rm.score_pairs([r["prompt"] for r in rows], [r["chosen"] for r in rows],
-                                [r["rejected"] for r in rows])
-    else:
-        sc, sr = [], []
-        was_training = rm.training
-        rm.eval()
-        with torch.no_grad():
-            for s in range(0, len(rows), batch_size):
-                batch = rows[s:s + batch_size]
-                scores = score_ids([rm.encode(r["prompt"], r["chosen"]) for r in batch]
-                                   + [rm.encode(r["prompt"], r["rejected"]) for r in batch]).float().cpu()
-                sc += scores[:len(batch)].tolist()
-                sr += scores[len(batch):].tolist()
-        rm.train(was_training)
+    with no rows has no key. ``score_ids`` scores encoded sequences (default ``rm.score_ids``; train_bt_rm passes its
+    training scorer, which reads the frozen-layer cache of these very sequences), here in eval mode without grad."""
+    score_ids = score_ids if score_ids is not None else rm.score_ids
+    sc: List[float] = []
+    sr: List[float] = []
+    was_training = rm.training
+    rm.eval()
+    with torch.no_grad():
+        for s in range(0, len(rows), batch_size):
+            batch = rows[s:s + batch_size]
+            scores = score_ids([rm.encode(r["prompt"], r["chosen"]) for r in batch]
+                               + [rm.encode(r["prompt"], r["rejected"]) for r in batch]).float().cpu()
+            sc += scores[:len(batch)].tolist()
+            sr += scores[len(batch):].tolist()
+    rm.train(was_training)
     out: Dict[str, float] = {}
     for key, want in (("train_flipped_followed", True), ("train_clean_followed", False)):
         fit = [c > r for c, r, row in zip(sc, sr, rows) if bool(row.get("label_flipped")) == want]

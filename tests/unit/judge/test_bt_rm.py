@@ -146,11 +146,6 @@ class _SignRM(torch.nn.Module):
     def score_ids(self, seqs):
         return self.w * torch.tensor([s[0] for s in seqs])
 
-    def score_pairs(self, prompts, chosen, rejected):
-        with torch.no_grad():
-            return (self.score_ids([self.encode(p, c) for p, c in zip(prompts, chosen)]).tolist(),
-                    self.score_ids([self.encode(p, r) for p, r in zip(prompts, rejected)]).tolist())
-
 
 def test_train_bt_rm_logs_how_far_it_follows_flipped_labels():
     clean = [{"prompt": f"p{i}", "chosen": f"good {i}", "rejected": f"bad {i}"} for i in range(6)]
@@ -239,5 +234,5 @@ def test_train_label_fit_reads_the_frozen_layer_cache_and_agrees_with_the_full_f
     hits = fast.cache.hits
     got = train_label_fit(a, rows, fast, batch_size=3)
     assert fast.cache.hits == hits + 14 and fast.cache.misses == 14  # every sequence read from the cache
-    assert got == train_label_fit(a, rows)  # same verdicts as rm.score_pairs' full forward
+    assert got == train_label_fit(a, rows)  # same verdicts as rm.score_ids' full forward
     assert set(got) == {"train_flipped_followed", "train_clean_followed"}
